@@ -1,1 +1,31 @@
-//! placeholder
+//! flex_sync: keeps Flex Rental Solutions crew calls in step with a job's technicians.
+//!
+//! Layers, outermost first: `api` (the SQL entry points), `sync` (one call's flow), `store` (all
+//! SQL), `flex_client` (all HTTP), and the pure reconcile core in the `flex_sync_core` crate.
+
+mod api;
+mod error;
+mod flex_client;
+mod store;
+mod sync;
+
+pgrx::pg_module_magic!();
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    include!("pg_tests.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

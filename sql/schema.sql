@@ -1,0 +1,172 @@
+-- flex_sync 0.1.0: the extension's own tables and its SQL-level functions.
+-- Application tables (jobs, profiles, job_assignments, flex_crew_calls, flex_crew_assignments)
+-- are not created here: they belong to the application, see flex_sync_install_reference_schema().
+
+-- Private state: settings (with the Flex token) and what the sync knows about Flex lines.
+-- No caller role can read this schema; only the extension's SECURITY DEFINER functions do.
+CREATE SCHEMA flex_sync_private;
+REVOKE ALL ON SCHEMA flex_sync_private FROM PUBLIC;
+
+CREATE TABLE flex_sync_private.settings (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    base_url    text NOT NULL,
+    api_token   text,
+    options     jsonb NOT NULL DEFAULT '{}',
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.settings', '');
+
+-- One row per Flex contact line the sync has made or adopted: whether the sync created it (the
+-- orphan_policy 'keep' may delete only those) and the business role last applied to it (so an
+-- unchanged role is not sent again).
+CREATE TABLE flex_sync_private.lines (
+    flex_line_item_id text PRIMARY KEY,
+    flex_element_id   uuid NOT NULL,
+    resource_id       text NOT NULL,
+    created_by_sync   boolean NOT NULL,
+    applied_role      text,
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX lines_element_idx ON flex_sync_private.lines (flex_element_id);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.lines', '');
+
+-- Business roles: department and tier (last segment of the role code) to a Flex business-role id.
+-- Ids are tenant dictionary UUIDs; the sound ones are those confirmed for the live tenant.
+CREATE TABLE flex_sync_business_roles (
+    department       text NOT NULL CHECK (department = lower(btrim(department)) AND department <> ''),
+    tier             text NOT NULL CHECK (tier IN ('R', 'E', 'T')),
+    business_role_id text NOT NULL,
+    seeded           boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (department, tier)
+);
+INSERT INTO flex_sync_business_roles (department, tier, business_role_id, seeded) VALUES
+    ('sound', 'R', '2916b300-c515-11ea-a087-2a0a4490a7fb', true),
+    ('sound', 'E', 'b18a5bcc-59fa-4956-917f-0d1816d7d9b3', true),
+    ('sound', 'T', '2f6cf050-c5c1-11ea-a087-2a0a4490a7fb', true);
+-- Rows a DBA adds survive pg_dump; the seeded ones come back with CREATE EXTENSION.
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_business_roles', 'WHERE NOT seeded');
+
+-- What every sync did: one row per department per call. Never holds a token.
+CREATE TABLE flex_sync_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id       uuid NOT NULL,
+    department   text NOT NULL,
+    started_at   timestamptz NOT NULL,
+    duration_ms  integer NOT NULL,
+    added        integer NOT NULL DEFAULT 0,
+    removed      integer NOT NULL DEFAULT 0,
+    kept         integer NOT NULL DEFAULT 0,
+    roles_set    integer NOT NULL DEFAULT 0,
+    failed       integer NOT NULL DEFAULT 0,
+    flex_calls   integer NOT NULL DEFAULT 0,
+    status       text NOT NULL CHECK (status IN ('ok', 'partial', 'failed', 'skipped')),
+    errors       jsonb NOT NULL DEFAULT '[]',
+    summary      jsonb NOT NULL DEFAULT '{}',
+    triggered_by text NOT NULL
+);
+CREATE INDEX flex_sync_log_job_idx ON flex_sync_log (job_id, department, started_at DESC);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_log', '');
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_log_id_seq', '');
+
+-- The effective Flex settings, token masked: what a DBA looks at.
+CREATE VIEW flex_sync_settings AS
+SELECT base_url,
+       CASE WHEN api_token IS NULL THEN NULL ELSE '********' END AS api_token,
+       options,
+       updated_at
+FROM flex_sync_private.settings;
+REVOKE ALL ON flex_sync_settings FROM PUBLIC;
+
+-- Who should be on a department's crew call: the one place that defines it.
+-- Default: a non-empty flex_resource_id, an assignment that is not declined, and either a role
+-- for the department or no role at all and the profile's department equal to it.
+-- Replace it with CREATE OR REPLACE FUNCTION to change the rule (README: "confirmed only").
+CREATE FUNCTION flex_sync_desired_crew(p_job_id uuid, p_department text)
+RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT ja.technician_id, btrim(p.flex_resource_id), r.role_code
+    FROM job_assignments ja
+    JOIN profiles p ON p.id = ja.technician_id
+    CROSS JOIN LATERAL (
+        SELECT nullif(btrim(CASE p_department
+                                WHEN 'sound' THEN ja.sound_role
+                                WHEN 'lights' THEN ja.lights_role
+                                WHEN 'video' THEN ja.video_role
+                            END), '') AS role_code
+    ) r
+    WHERE ja.job_id = p_job_id
+      AND coalesce(btrim(p.flex_resource_id), '') <> ''
+      AND ja.status::text IS DISTINCT FROM 'declined'
+      AND (r.role_code IS NOT NULL
+           OR (ja.sound_role IS NULL AND ja.lights_role IS NULL AND ja.video_role IS NULL
+               AND lower(btrim(p.department)) = p_department));
+END
+$$;
+
+-- The settings a sync runs with. The token comes from the settings table, or, where Supabase
+-- Vault is installed and no token was configured, from the Vault secret 'flex_api_token'.
+CREATE FUNCTION flex_sync_private.effective_settings(OUT base_url text, OUT api_token text, OUT options jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT s.base_url, s.api_token, s.options INTO base_url, api_token, options
+    FROM flex_sync_private.settings s;
+    IF api_token IS NULL AND to_regclass('vault.decrypted_secrets') IS NOT NULL THEN
+        EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1'
+            INTO api_token USING 'flex_api_token';
+    END IF;
+END
+$$;
+
+-- Creates the application tables of DESIGN.md section 3 where they are missing. They are not
+-- members of the extension: DROP EXTENSION flex_sync never drops application data.
+CREATE FUNCTION flex_sync_install_reference_schema()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    CREATE TABLE IF NOT EXISTS public.jobs (
+        id    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        title text
+    );
+    CREATE TABLE IF NOT EXISTS public.profiles (
+        id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        first_name       text,
+        last_name        text,
+        department       text,
+        role             text,
+        flex_resource_id text
+    );
+    CREATE TABLE IF NOT EXISTS public.job_assignments (
+        id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        job_id        uuid NOT NULL REFERENCES public.jobs (id) ON DELETE CASCADE,
+        technician_id uuid NOT NULL REFERENCES public.profiles (id) ON DELETE CASCADE,
+        sound_role    text,
+        lights_role   text,
+        video_role    text,
+        status        text NOT NULL DEFAULT 'invited' CHECK (status IN ('invited', 'confirmed', 'declined')),
+        UNIQUE (job_id, technician_id)
+    );
+    CREATE TABLE IF NOT EXISTS public.flex_crew_calls (
+        id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        job_id          uuid NOT NULL REFERENCES public.jobs (id) ON DELETE CASCADE,
+        department      text NOT NULL,
+        flex_element_id uuid NOT NULL,
+        UNIQUE (job_id, department)
+    );
+    CREATE TABLE IF NOT EXISTS public.flex_crew_assignments (
+        id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        crew_call_id      uuid NOT NULL REFERENCES public.flex_crew_calls (id) ON DELETE CASCADE,
+        technician_id     uuid NOT NULL REFERENCES public.profiles (id) ON DELETE CASCADE,
+        flex_line_item_id uuid NOT NULL,
+        created_at        timestamptz DEFAULT now(),
+        UNIQUE (crew_call_id, technician_id)
+    );
+END
+$$;

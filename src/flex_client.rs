@@ -1,0 +1,259 @@
+//! The guarded outbound client. Every Flex request runs on a worker thread that never touches
+//! Postgres; the backend thread waits on a channel and checks for interrupts between waits, so
+//! `pg_cancel_backend` and `statement_timeout` stop a sync while a call hangs. Workers left behind
+//! by a cancel finish on their own (bounded by the request timeout) and their answers are dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use flex_sync_core::endpoints::{FlexCall, Method};
+use flex_sync_core::flex_response::is_budget_exhausted;
+use flex_sync_core::settings::{FlexOrigin, Options};
+
+/// What became of one Flex call.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A 2xx answer with its body.
+    Success(Vec<u8>),
+    Failure(Failure),
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// A stable code for summaries and the log: `flex_timeout`, `flex_http_503`, ...
+    pub code: String,
+    pub status: Option<u16>,
+    /// True when Flex may have applied the call although we saw no success.
+    pub ambiguous: bool,
+}
+
+impl Failure {
+    fn new(code: impl Into<String>, status: Option<u16>, ambiguous: bool) -> Failure {
+        Failure { code: code.into(), status, ambiguous }
+    }
+}
+
+/// Shared by the workers of one sync: the call counter, the deadline, the budget flag.
+struct SyncBudget {
+    calls: AtomicU64,
+    max_calls: u64,
+    deadline: Instant,
+    rate_limited: AtomicBool,
+}
+
+pub struct FlexClient {
+    agent: ureq::Agent,
+    origin: FlexOrigin,
+    token: Arc<str>,
+    options: Options,
+    budget: Arc<SyncBudget>,
+}
+
+impl FlexClient {
+    /// `deadline` is when this sync must stop calling Flex.
+    pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant) -> FlexClient {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_millis(options.connect_timeout_ms)))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .user_agent("flex_sync/0.1")
+            .build();
+        FlexClient {
+            agent: config.into(),
+            origin,
+            token: token.into(),
+            budget: Arc::new(SyncBudget {
+                calls: AtomicU64::new(0),
+                max_calls: options.max_calls_per_sync,
+                deadline,
+                rate_limited: AtomicBool::new(false),
+            }),
+            options,
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Requests sent so far in this sync, retries included.
+    pub fn calls_made(&self) -> u64 {
+        self.budget.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn call(&self, call: FlexCall, wait: &dyn Fn()) -> Outcome {
+        self.call_all(vec![call], wait).pop().expect("one call gives one outcome")
+    }
+
+    /// Runs the calls with up to `max_parallel_requests` in flight; outcomes come back in order.
+    /// `wait` runs on this thread between polls: it is where the caller checks for interrupts.
+    pub fn call_all(&self, calls: Vec<FlexCall>, wait: &dyn Fn()) -> Vec<Outcome> {
+        let total = calls.len();
+        if total == 0 {
+            return Vec::new();
+        }
+        let calls = Arc::new(calls);
+        let next = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+        let workers = (self.options.max_parallel_requests as usize).clamp(1, total);
+        for _ in 0..workers {
+            let worker = Worker {
+                agent: self.agent.clone(),
+                origin: self.origin.clone(),
+                token: Arc::clone(&self.token),
+                options: self.options.clone(),
+                budget: Arc::clone(&self.budget),
+            };
+            let (calls, next, tx) = (Arc::clone(&calls), Arc::clone(&next), tx.clone());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(call) = calls.get(i) else { break };
+                if tx.send((i, worker.run(call))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; total];
+        let mut received = 0;
+        while received < total {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok((i, outcome)) => {
+                    outcomes[i] = Some(outcome);
+                    received += 1;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => wait(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Failure(Failure::new("flex_worker_lost", None, true))))
+            .collect()
+    }
+}
+
+struct Worker {
+    agent: ureq::Agent,
+    origin: FlexOrigin,
+    token: Arc<str>,
+    options: Options,
+    budget: Arc<SyncBudget>,
+}
+
+impl Worker {
+    /// One call with its retries. Only idempotent calls are retried; an add whose answer was lost
+    /// is reported as ambiguous and the sync looks before adding again.
+    fn run(&self, call: &FlexCall) -> Outcome {
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.attempt(call);
+            let Outcome::Failure(failure) = &outcome else { return outcome };
+            let retryable = call.is_idempotent()
+                && attempt < self.options.retry_max_attempts
+                && (failure.code == "flex_timeout"
+                    || failure.code == "flex_connection"
+                    || matches!(failure.status, Some(429 | 500 | 502 | 503 | 504)));
+            if !retryable {
+                return outcome;
+            }
+            let pause = backoff(attempt);
+            if Instant::now() + pause >= self.budget.deadline {
+                return outcome;
+            }
+            std::thread::sleep(pause);
+        }
+    }
+
+    fn attempt(&self, call: &FlexCall) -> Outcome {
+        if self.budget.rate_limited.load(Ordering::SeqCst) {
+            return Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false));
+        }
+        let now = Instant::now();
+        let Some(left) = self.budget.deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+            return Outcome::Failure(Failure::new("flex_deadline", None, false));
+        };
+        if self.budget.calls.fetch_add(1, Ordering::SeqCst) >= self.budget.max_calls {
+            self.budget.calls.fetch_sub(1, Ordering::SeqCst);
+            return Outcome::Failure(Failure::new("flex_call_budget", None, false));
+        }
+        let timeout = left.min(Duration::from_millis(self.options.request_timeout_ms));
+        let url = call.url(&self.origin);
+        let sent = match (call.method(), call.body()) {
+            (Method::Get, _) => self.with_headers(self.agent.get(&url)).config().timeout_global(Some(timeout)).build().call(),
+            (Method::Delete, _) => {
+                self.with_headers(self.agent.delete(&url)).config().timeout_global(Some(timeout)).build().call()
+            }
+            (Method::Post, body) => {
+                let body = body.unwrap_or_else(|| flex_sync_core::endpoints::Body { content_type: "application/json", bytes: Vec::new() });
+                self.with_headers(self.agent.post(&url))
+                    .content_type(body.content_type)
+                    .config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .send(&body.bytes[..])
+            }
+        };
+        let may_have_applied = !call.is_idempotent();
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(error) => return Outcome::Failure(classify_transport_error(&error, may_have_applied)),
+        };
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(self.options.max_response_bytes)
+            .read_to_vec();
+        let body = match body {
+            Ok(body) => body,
+            Err(ureq::Error::BodyExceedsLimit(_)) => {
+                return Outcome::Failure(Failure::new("flex_response_too_large", Some(status), may_have_applied))
+            }
+            Err(error) => return Outcome::Failure(classify_transport_error(&error, may_have_applied)),
+        };
+        match status {
+            200..=299 => Outcome::Success(body),
+            429 if is_budget_exhausted(&body) => {
+                self.budget.rate_limited.store(true, Ordering::SeqCst);
+                Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false))
+            }
+            300..=399 => Outcome::Failure(Failure::new("flex_redirect_refused", Some(status), false)),
+            401 | 403 => Outcome::Failure(Failure::new("flex_unauthorized", Some(status), false)),
+            500..=599 => Outcome::Failure(Failure::new(format!("flex_http_{status}"), Some(status), may_have_applied)),
+            _ => Outcome::Failure(Failure::new(format!("flex_http_{status}"), Some(status), false)),
+        }
+    }
+
+    fn with_headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        request.header("X-Auth-Token", &*self.token).header("Accept", "application/json")
+    }
+}
+
+/// Transport errors carry no secret (the token is a header, never in the URL), but their text
+/// names hosts and internals, so only a stable code leaves this module.
+fn classify_transport_error(error: &ureq::Error, may_have_applied: bool) -> Failure {
+    match error {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            Failure::new("flex_connect_timeout", None, false)
+        }
+        ureq::Error::Timeout(_) => Failure::new("flex_timeout", None, may_have_applied),
+        ureq::Error::HostNotFound => Failure::new("flex_host_not_found", None, false),
+        ureq::Error::ConnectionFailed => Failure::new("flex_connection", None, false),
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Failure::new("flex_connection", None, false)
+        }
+        _ => Failure::new("flex_connection", None, may_have_applied),
+    }
+}
+
+/// Exponential backoff with full jitter: a random pause in [0, 100 ms * 2^attempt], capped at 5 s.
+fn backoff(attempt: u64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = (100u64 << attempt.min(6)).min(5_000);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(attempt);
+    Duration::from_millis(hasher.finish() % (ceiling + 1))
+}

@@ -1,0 +1,360 @@
+//! Every SQL statement the sync runs, and nothing else. Sets are read as one jsonb value per
+//! query and parsed with serde, so this file is the only place that knows the table layout.
+
+use std::collections::HashMap;
+
+use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine};
+use flex_sync_core::roles::RoleMap;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::FlexSyncError;
+
+type Result<T> = std::result::Result<T, FlexSyncError>;
+
+fn query_json<T: DeserializeOwned>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<T> {
+    let value = Spi::get_one_with_args::<JsonB>(sql, args)?.map(|j| j.0).unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|e| FlexSyncError::Decode(e.to_string()))
+}
+
+fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
+    Ok(Spi::run_with_args(sql, args)?)
+}
+
+/// REPEATABLE READ and SERIALIZABLE transactions keep the snapshot they took before the lock, so
+/// they would reconcile against stale rows.
+pub fn check_isolation() -> Result<()> {
+    let level = Spi::get_one::<String>("SELECT current_setting('transaction_isolation')")?.unwrap_or_default();
+    match level.as_str() {
+        "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(level.to_uppercase())),
+        _ => Ok(()),
+    }
+}
+
+const APP_TABLES: [&str; 5] = ["jobs", "profiles", "job_assignments", "flex_crew_calls", "flex_crew_assignments"];
+
+/// The application tables exist and `flex_crew_assignments` has a unique constraint or unique
+/// index on exactly (crew_call_id, technician_id), whatever its name: ON CONFLICT needs it.
+pub fn check_application_schema() -> Result<()> {
+    for table in APP_TABLES {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT to_regclass('public.' || quote_ident($1)) IS NOT NULL",
+            &[table.into()],
+        )?
+        .unwrap_or(false);
+        if !exists {
+            return Err(FlexSyncError::MissingTable(format!("public.{table}")));
+        }
+    }
+    let unique = Spi::get_one::<bool>(
+        "SELECT EXISTS (
+             SELECT 1 FROM pg_index i
+             WHERE i.indrelid = 'public.flex_crew_assignments'::regclass
+               AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                    FROM pg_attribute a
+                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                   = ARRAY['crew_call_id', 'technician_id'])",
+    )?
+    .unwrap_or(false);
+    if unique {
+        Ok(())
+    } else {
+        Err(FlexSyncError::NoUniqueConstraint)
+    }
+}
+
+pub fn job_exists(job: &str) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid)", &[job.into()])?
+        .unwrap_or(false))
+}
+
+/// Department names a caller may pass: the standard ones and any that has a crew call.
+pub fn known_departments() -> Result<Vec<String>> {
+    query_json(
+        "SELECT jsonb_agg(DISTINCT d) FROM (
+             SELECT unnest($1::text[]) AS d
+             UNION SELECT lower(btrim(department)) FROM public.flex_crew_calls) s",
+        &[flex_sync_core::input::STANDARD_DEPARTMENTS.map(String::from).to_vec().into()],
+    )
+}
+
+pub fn departments_with_crew_calls(job: &str) -> Result<Vec<String>> {
+    let found: Option<Vec<String>> = query_json(
+        "SELECT jsonb_agg(DISTINCT lower(btrim(department)) ORDER BY lower(btrim(department)))
+         FROM public.flex_crew_calls WHERE job_id = $1::uuid",
+        &[job.into()],
+    )?;
+    Ok(found.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+pub struct StoredSettings {
+    pub base_url: String,
+    pub api_token: Option<String>,
+    pub options: Value,
+}
+
+pub fn load_settings() -> Result<Option<StoredSettings>> {
+    query_json(
+        "SELECT to_jsonb(s) FROM flex_sync_private.effective_settings() s WHERE s.base_url IS NOT NULL",
+        &[],
+    )
+}
+
+pub fn save_settings(base_url: &str, api_token: Option<&str>, options: &Value) -> Result<()> {
+    execute(
+        "INSERT INTO flex_sync_private.settings (base_url, api_token, options)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (singleton) DO UPDATE
+         SET base_url = EXCLUDED.base_url,
+             api_token = coalesce(EXCLUDED.api_token, flex_sync_private.settings.api_token),
+             options = EXCLUDED.options,
+             updated_at = now()",
+        &[base_url.into(), api_token.into(), JsonB(options.clone()).into()],
+    )
+}
+
+pub fn stored_options() -> Result<Value> {
+    let found: Option<Value> = query_json("SELECT options FROM flex_sync_private.settings", &[])?;
+    Ok(found.unwrap_or_else(|| Value::Object(Default::default())))
+}
+
+pub fn token_is_set() -> Result<bool> {
+    Ok(Spi::get_one::<bool>("SELECT api_token IS NOT NULL FROM flex_sync_private.effective_settings()")?
+        .unwrap_or(false))
+}
+
+/// Milliseconds left before `statement_timeout` ends this statement, or None without a timeout.
+pub fn statement_time_left_ms() -> Result<Option<i64>> {
+    Ok(Spi::get_one::<i64>(
+        "SELECT CASE WHEN current_setting('statement_timeout') IN ('0', '0ms') THEN NULL
+                ELSE (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000
+                      - extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
+                END",
+    )?)
+}
+
+/// Namespace of flex_sync's advisory locks: the two-int form `(classid, objid)` with this classid
+/// ('FLXS'). Applications that use the one-bigint form can never collide with it (Postgres keeps
+/// the two forms apart); objid is `hashtext(job_id || '/' || department)`, so two crew calls may
+/// share a lock and merely serialize.
+pub const ADVISORY_LOCK_CLASSID: i32 = 0x464C_5853;
+
+/// Takes the transaction-scoped lock of one (job, department); with `wait` false, returns false
+/// instead of waiting when another transaction holds it.
+pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> {
+    let sql = if wait {
+        "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3)) IS NOT NULL"
+    } else {
+        "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3))"
+    };
+    Ok(Spi::get_one_with_args::<bool>(sql, &[ADVISORY_LOCK_CLASSID.into(), job.into(), department.into()])?
+        .unwrap_or(false))
+}
+
+#[derive(Deserialize)]
+pub struct CrewCall {
+    pub id: String,
+    pub flex_element_id: String,
+}
+
+pub fn load_crew_call(job: &str, department: &str) -> Result<Option<CrewCall>> {
+    query_json(
+        "SELECT jsonb_build_object('id', id, 'flex_element_id', flex_element_id)
+         FROM public.flex_crew_calls WHERE job_id = $1::uuid AND lower(btrim(department)) = $2",
+        &[job.into(), department.into()],
+    )
+}
+
+pub fn load_desired(job: &str, department: &str) -> Result<Vec<DesiredTech>> {
+    #[derive(Deserialize)]
+    struct Row {
+        t: String,
+        r: String,
+        c: Option<String>,
+    }
+    let rows: Option<Vec<Row>> = query_json(
+        "SELECT jsonb_agg(jsonb_build_object('t', technician_id, 'r', flex_resource_id, 'c', role_code))
+         FROM flex_sync_desired_crew($1::uuid, $2)",
+        &[job.into(), department.into()],
+    )?;
+    Ok(rows
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| DesiredTech { technician_id: r.t, resource_id: r.r, role_code: r.c })
+        .collect())
+}
+
+pub fn load_rows(crew_call: &str) -> Result<Vec<DbRow>> {
+    #[derive(Deserialize)]
+    struct Row {
+        t: String,
+        l: String,
+    }
+    let rows: Option<Vec<Row>> = query_json(
+        "SELECT jsonb_agg(jsonb_build_object('t', technician_id, 'l', flex_line_item_id))
+         FROM public.flex_crew_assignments WHERE crew_call_id = $1::uuid",
+        &[crew_call.into()],
+    )?;
+    Ok(rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect())
+}
+
+pub fn load_known_lines(element: &str) -> Result<HashMap<String, KnownLine>> {
+    #[derive(Deserialize)]
+    struct Row {
+        l: String,
+        c: bool,
+        r: Option<String>,
+    }
+    let rows: Option<Vec<Row>> = query_json(
+        "SELECT jsonb_agg(jsonb_build_object('l', flex_line_item_id, 'c', created_by_sync, 'r', applied_role))
+         FROM flex_sync_private.lines WHERE flex_element_id = $1::uuid",
+        &[element.into()],
+    )?;
+    Ok(rows
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.l, KnownLine { created_by_sync: r.c, applied_role: r.r }))
+        .collect())
+}
+
+pub fn load_roles(department: &str) -> Result<RoleMap> {
+    let rows: Option<HashMap<String, String>> = query_json(
+        "SELECT jsonb_object_agg(tier, business_role_id) FROM flex_sync_business_roles WHERE department = $1",
+        &[department.into()],
+    )?;
+    Ok(RoleMap(
+        rows.unwrap_or_default()
+            .into_iter()
+            .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
+            .collect(),
+    ))
+}
+
+pub fn delete_rows_of_technicians(crew_call: &str, technicians: &[String]) -> Result<()> {
+    if technicians.is_empty() {
+        return Ok(());
+    }
+    execute(
+        "DELETE FROM public.flex_crew_assignments
+         WHERE crew_call_id = $1::uuid AND technician_id = ANY ($2::uuid[])",
+        &[crew_call.into(), technicians.to_vec().into()],
+    )
+}
+
+pub fn delete_rows_of_lines(crew_call: &str, lines: &[String]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    execute(
+        "DELETE FROM public.flex_crew_assignments
+         WHERE crew_call_id = $1::uuid AND flex_line_item_id::text = ANY ($2::text[])",
+        &[crew_call.into(), lines.to_vec().into()],
+    )
+}
+
+/// The only way the sync writes an assignment row: ON CONFLICT, so concurrent writers (the app,
+/// an old Edge Function still deployed) can never make a second row for one technician.
+pub fn upsert_rows(crew_call: &str, rows: &[(String, String)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (technicians, lines): (Vec<String>, Vec<String>) = rows.iter().cloned().unzip();
+    execute(
+        "INSERT INTO public.flex_crew_assignments (crew_call_id, technician_id, flex_line_item_id)
+         SELECT $1::uuid, t::uuid, l::uuid FROM unnest($2::text[], $3::text[]) AS u(t, l)
+         ON CONFLICT (crew_call_id, technician_id)
+         DO UPDATE SET flex_line_item_id = EXCLUDED.flex_line_item_id
+         WHERE flex_crew_assignments.flex_line_item_id IS DISTINCT FROM EXCLUDED.flex_line_item_id",
+        &[crew_call.into(), technicians.into(), lines.into()],
+    )
+}
+
+/// A Flex line the sync now knows: `created_by_sync` is kept true once set; `applied_role` is
+/// replaced only when a role was sent.
+pub struct LineRecord {
+    pub line_id: String,
+    pub resource_id: String,
+    pub created_by_sync: bool,
+    pub applied_role: Option<String>,
+}
+
+pub fn record_lines(element: &str, records: &[LineRecord]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = records.iter().map(|r| r.line_id.clone()).collect();
+    let resources: Vec<String> = records.iter().map(|r| r.resource_id.clone()).collect();
+    let created: Vec<bool> = records.iter().map(|r| r.created_by_sync).collect();
+    let roles: Vec<Option<String>> = records.iter().map(|r| r.applied_role.clone()).collect();
+    execute(
+        "INSERT INTO flex_sync_private.lines (flex_line_item_id, flex_element_id, resource_id, created_by_sync, applied_role)
+         SELECT l, $1::uuid, r, c, a FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[]) AS u(l, r, c, a)
+         ON CONFLICT (flex_line_item_id) DO UPDATE
+         SET created_by_sync = flex_sync_private.lines.created_by_sync OR EXCLUDED.created_by_sync,
+             applied_role = coalesce(EXCLUDED.applied_role, flex_sync_private.lines.applied_role),
+             resource_id = EXCLUDED.resource_id,
+             updated_at = now()",
+        &[element.into(), lines.into(), resources.into(), created.into(), roles.into()],
+    )
+}
+
+pub fn forget_lines(lines: &[String]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    execute(
+        "DELETE FROM flex_sync_private.lines WHERE flex_line_item_id = ANY ($1::text[])",
+        &[lines.to_vec().into()],
+    )
+}
+
+/// The database role that called, as PostgREST sets it (`SET LOCAL ROLE`), and the JWT subject.
+pub fn caller_identity() -> Result<String> {
+    Ok(Spi::get_one::<String>(
+        "SELECT coalesce(nullif(current_setting('role'), 'none'), session_user::text)
+                || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '')",
+    )?
+    .unwrap_or_default())
+}
+
+pub struct LogEntry<'a> {
+    pub job: &'a str,
+    pub department: &'a str,
+    pub duration_ms: i32,
+    pub counts: [i32; 6],
+    pub status: &'a str,
+    pub errors: Value,
+    pub summary: Value,
+    pub triggered_by: &'a str,
+}
+
+pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
+    let [added, removed, kept, roles_set, failed, flex_calls] = entry.counts;
+    execute(
+        "INSERT INTO flex_sync_log (job_id, department, started_at, duration_ms, added, removed, kept,
+                                    roles_set, failed, flex_calls, status, errors, summary, triggered_by)
+         VALUES ($1::uuid, $2, clock_timestamp() - make_interval(secs => $3 / 1000.0), $3, $4, $5, $6,
+                 $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            entry.job.into(),
+            entry.department.into(),
+            entry.duration_ms.into(),
+            added.into(),
+            removed.into(),
+            kept.into(),
+            roles_set.into(),
+            failed.into(),
+            flex_calls.into(),
+            entry.status.into(),
+            JsonB(entry.errors).into(),
+            JsonB(entry.summary).into(),
+            entry.triggered_by.into(),
+        ],
+    )
+}

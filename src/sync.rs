@@ -1,0 +1,416 @@
+//! One `flex_sync_job` call: check the input, then per department (in the canonical order) lock,
+//! read, list Flex once, plan with the pure core, act on Flex, and write only what Flex confirmed.
+//! Flex failures are reported in the summary, never raised, so the rows that match what Flex did
+//! are committed; only bad input and database errors raise.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use flex_sync_core::endpoints::FlexCall;
+use flex_sync_core::flex_response::{parse_added_line_id, parse_listing, CrewListing};
+use flex_sync_core::input::normalize_departments;
+use flex_sync_core::plan::{plan, resolve_ambiguous_adds, Add, CrewState, DeleteReason};
+use flex_sync_core::settings::{FlexOrigin, Options};
+use serde_json::{json, Map, Value};
+
+use crate::error::FlexSyncError;
+use crate::flex_client::{FlexClient, Outcome};
+use crate::store::{self, LineRecord, LogEntry};
+
+type Result<T> = std::result::Result<T, FlexSyncError>;
+
+/// Time kept back from `statement_timeout` for the database writes after the last Flex call.
+const WRITE_MARGIN: Duration = Duration::from_millis(300);
+
+pub struct SyncRequest {
+    pub job: Option<String>,
+    pub departments: Option<Vec<Option<String>>>,
+    pub wait_for_lock: bool,
+}
+
+pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
+    // Everything that can reject the call happens before the first Flex request (I5).
+    let job = request.job.ok_or(FlexSyncError::NullJob)?;
+    store::check_isolation()?;
+    store::check_application_schema()?;
+    let departments = match &request.departments {
+        Some(list) => normalize_departments(list, &store::known_departments()?)?,
+        None => store::departments_with_crew_calls(&job)?,
+    };
+    if !store::job_exists(&job)? {
+        return Err(FlexSyncError::UnknownJob(job));
+    }
+    let client = configured_client()?;
+    let triggered_by = store::caller_identity()?;
+
+    let mut summary = Map::new();
+    let mut ok = true;
+    for department in &departments {
+        let result = sync_department(&client, &job, department, request.wait_for_lock, &triggered_by, wait)?;
+        ok &= result.get("status").and_then(Value::as_str).is_none_or(|s| s == "ok");
+        summary.insert(department.clone(), result);
+    }
+    Ok(json!({"ok": ok, "job_id": job, "summary": summary}))
+}
+
+fn configured_client() -> Result<FlexClient> {
+    let settings = store::load_settings()?.ok_or(FlexSyncError::NotConfigured)?;
+    let options = Options::default().merged(&settings.options)?;
+    let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
+    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or(FlexSyncError::NoToken)?;
+    let mut budget = Duration::from_millis(options.sync_deadline_ms);
+    if let Some(left) = store::statement_time_left_ms()? {
+        budget = budget.min(Duration::from_millis(left.max(0) as u64).saturating_sub(WRITE_MARGIN));
+    }
+    Ok(FlexClient::new(origin, token, options, Instant::now() + budget))
+}
+
+/// The per-department report, built as the sync goes and turned into the summary and log row.
+#[derive(Default)]
+struct Report {
+    added: usize,
+    removed: usize,
+    kept: usize,
+    roles_set: usize,
+    failed_adds: usize,
+    failed: usize,
+    adopted: usize,
+    stale_removed: usize,
+    duplicates_removed: usize,
+    orphans_removed: usize,
+    desired_count: usize,
+    current_count: usize,
+    errors: Vec<String>,
+    diagnostics: Vec<String>,
+    note: Option<&'static str>,
+}
+
+impl Report {
+    fn error(&mut self, code: &str, what: String) {
+        self.failed += 1;
+        self.errors.push(format!("{code}: {what}"));
+    }
+
+    fn status(&self, listed: bool) -> &'static str {
+        match (self.note, listed, self.errors.is_empty()) {
+            (Some(_), _, _) => "skipped",
+            (None, false, _) => "failed",
+            (None, true, true) => "ok",
+            (None, true, false) => "partial",
+        }
+    }
+}
+
+fn sync_department(
+    client: &FlexClient,
+    job: &str,
+    department: &str,
+    wait_for_lock: bool,
+    triggered_by: &str,
+    wait: &dyn Fn(),
+) -> Result<Value> {
+    let started = Instant::now();
+    let calls_before = client.calls_made();
+    let mut report = Report::default();
+    let listed = if !store::lock_department(job, department, wait_for_lock)? {
+        report.note = Some("another sync of this crew call is running");
+        false
+    } else {
+        match store::load_crew_call(job, department)? {
+            None => {
+                report.note = Some("no crew call mapping");
+                false
+            }
+            Some(crew) => reconcile(client, &crew, job, department, &mut report, wait)?,
+        }
+    };
+    let flex_calls = client.calls_made() - calls_before;
+    let status = report.status(listed);
+    let duration_ms = started.elapsed().as_millis() as i32;
+    let summary = json!({
+        "status": status,
+        "added": report.added,
+        "removed": report.removed,
+        "kept": report.kept,
+        "rolesSet": report.roles_set,
+        "failedAdds": report.failed_adds,
+        "desired_count": report.desired_count,
+        "current_count": report.current_count,
+        "adopted": report.adopted,
+        "stale_removed": report.stale_removed,
+        "duplicates_removed": report.duplicates_removed,
+        "orphans_removed": report.orphans_removed,
+        "flex_calls": flex_calls,
+        "duration_ms": duration_ms,
+        "errors": report.errors,
+        "business_role_diagnostics": report.diagnostics,
+    });
+    let summary = match report.note {
+        Some(note) => {
+            let mut s = summary;
+            s["note"] = json!(note);
+            s
+        }
+        None => summary,
+    };
+    store::insert_log(LogEntry {
+        job,
+        department,
+        duration_ms,
+        counts: [
+            report.added as i32,
+            report.removed as i32,
+            report.kept as i32,
+            report.roles_set as i32,
+            report.failed as i32,
+            flex_calls as i32,
+        ],
+        status,
+        errors: json!(report.errors),
+        summary: summary.clone(),
+        triggered_by,
+    })?;
+    Ok(summary)
+}
+
+/// Lists, plans and acts for one crew call; returns false when the listing failed, in which case
+/// nothing was changed in Flex or in the database.
+fn reconcile(
+    client: &FlexClient,
+    crew: &store::CrewCall,
+    job: &str,
+    department: &str,
+    report: &mut Report,
+    wait: &dyn Fn(),
+) -> Result<bool> {
+    let element = crew.flex_element_id.as_str();
+    // Read after the lock: a concurrent sync that held it has committed by now.
+    let desired = store::load_desired(job, department)?;
+    let rows = store::load_rows(&crew.id)?;
+    let known = store::load_known_lines(element)?;
+    let roles = store::load_roles(department)?;
+    report.desired_count = desired.len();
+    report.current_count = rows.len();
+
+    let Some(listing) = list_crew(client, element, report, wait) else {
+        return Ok(false);
+    };
+    let plan = plan(&CrewState {
+        department,
+        desired: &desired,
+        rows: &rows,
+        listing: &listing,
+        known: &known,
+        roles: &roles,
+        orphan_policy: client.options().orphan_policy,
+    });
+    report.diagnostics = plan.diagnostics.clone();
+    report.kept = plan.kept;
+    report.adopted = plan.adoptions.len();
+    report.stale_removed = plan.stale_rows.len();
+
+    // The database first catches up with what Flex already holds.
+    store::delete_rows_of_technicians(&crew.id, &plan.stale_rows)?;
+    let adopted_rows: Vec<(String, String)> =
+        plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
+    store::upsert_rows(&crew.id, &adopted_rows)?;
+
+    // Then Flex: adds, deletes and role changes of kept contacts are independent of each other.
+    let mut batch: Vec<FlexCall> = Vec::new();
+    batch.extend(plan.adds.iter().map(|a| FlexCall::AddContact {
+        element: element.to_string(),
+        resource: a.resource_id.clone(),
+    }));
+    batch.extend(plan.deletes.iter().map(|d| FlexCall::DeleteLine { line: d.line_id.clone() }));
+    batch.extend(plan.role_sets.iter().map(|r| FlexCall::SetRole {
+        element: element.to_string(),
+        line: r.line_id.clone(),
+        role: r.role_id.clone(),
+    }));
+    let mut outcomes = client.call_all(batch, wait).into_iter();
+    let add_outcomes: Vec<Outcome> = outcomes.by_ref().take(plan.adds.len()).collect();
+    let delete_outcomes: Vec<Outcome> = outcomes.by_ref().take(plan.deletes.len()).collect();
+    let role_outcomes: Vec<Outcome> = outcomes.collect();
+
+    let mut claimed: HashSet<String> = listing
+        .contacts
+        .iter()
+        .map(|c| c.line_id.clone())
+        .collect();
+    let added = settle_adds(client, element, &plan.adds, add_outcomes, &mut claimed, report, wait);
+
+    let mut deleted = Vec::new();
+    for (delete, outcome) in plan.deletes.iter().zip(delete_outcomes) {
+        match outcome {
+            Outcome::Success(_) => deleted.push(delete.line_id.clone()),
+            // Already gone is what we wanted.
+            Outcome::Failure(f) if f.status == Some(404) => deleted.push(delete.line_id.clone()),
+            Outcome::Failure(f) => report.error(&f.code, format!("delete of line {} failed", delete.line_id)),
+        }
+        if deleted.last() == Some(&delete.line_id) {
+            report.removed += 1;
+            match delete.reason {
+                DeleteReason::Duplicate => report.duplicates_removed += 1,
+                DeleteReason::Orphan => report.orphans_removed += 1,
+                DeleteReason::NotDesired => {}
+            }
+        }
+    }
+
+    let mut records: Vec<LineRecord> = Vec::new();
+    for (role, outcome) in plan.role_sets.iter().zip(role_outcomes) {
+        match outcome {
+            Outcome::Success(_) => {
+                report.roles_set += 1;
+                let resource = listing
+                    .contacts
+                    .iter()
+                    .find(|c| c.line_id == role.line_id)
+                    .map(|c| c.resource_id.clone())
+                    .unwrap_or_default();
+                records.push(LineRecord {
+                    line_id: role.line_id.clone(),
+                    resource_id: resource,
+                    created_by_sync: false,
+                    applied_role: Some(role.role_id.clone()),
+                });
+            }
+            Outcome::Failure(f) => report.error(&f.code, format!("business role of line {} not set", role.line_id)),
+        }
+    }
+
+    // Roles of new contacts can only be set once their line ids are known.
+    let new_roles: Vec<(&Add, &String)> =
+        added.iter().filter_map(|(add, line)| add.role_id.as_ref().map(|_| (*add, line))).collect();
+    let role_calls = new_roles
+        .iter()
+        .map(|(add, line)| FlexCall::SetRole {
+            element: element.to_string(),
+            line: (*line).clone(),
+            role: add.role_id.clone().unwrap_or_default(),
+        })
+        .collect();
+    let new_role_outcomes = client.call_all(role_calls, wait);
+    let mut applied: HashSet<&String> = HashSet::new();
+    for ((add, line), outcome) in new_roles.iter().zip(new_role_outcomes) {
+        match outcome {
+            Outcome::Success(_) => {
+                report.roles_set += 1;
+                applied.insert(line);
+            }
+            Outcome::Failure(f) => {
+                report.error(&f.code, format!("business role of tech {} not set", add.technician_id))
+            }
+        }
+    }
+    for (add, line) in &added {
+        records.push(LineRecord {
+            line_id: line.clone(),
+            resource_id: add.resource_id.clone(),
+            created_by_sync: true,
+            applied_role: if applied.contains(line) { add.role_id.clone() } else { None },
+        });
+    }
+    report.added = added.len();
+
+    // Finally the database records exactly what Flex confirmed.
+    store::delete_rows_of_lines(&crew.id, &deleted)?;
+    let added_rows: Vec<(String, String)> =
+        added.iter().map(|(add, line)| (add.technician_id.clone(), line.clone())).collect();
+    store::upsert_rows(&crew.id, &added_rows)?;
+    store::forget_lines(&deleted)?;
+    store::record_lines(element, &records)?;
+    Ok(true)
+}
+
+fn list_crew(client: &FlexClient, element: &str, report: &mut Report, wait: &dyn Fn()) -> Option<CrewListing> {
+    match client.call(FlexCall::ListCrew { element: element.to_string() }, wait) {
+        Outcome::Success(body) => match parse_listing(&body) {
+            Ok(listing) => Some(listing),
+            Err(e) => {
+                report.error("flex_bad_listing", e.to_string());
+                None
+            }
+        },
+        Outcome::Failure(f) => {
+            report.error(&f.code, "listing the crew call failed; nothing was changed".to_string());
+            None
+        }
+    }
+}
+
+/// Turns add outcomes into (add, line id) pairs. Adds whose outcome is unknown are looked up in
+/// one fresh listing before any of them is sent again, so no resource gets a second contact.
+fn settle_adds<'a>(
+    client: &FlexClient,
+    element: &str,
+    adds: &'a [Add],
+    outcomes: Vec<Outcome>,
+    claimed: &mut HashSet<String>,
+    report: &mut Report,
+    wait: &dyn Fn(),
+) -> Vec<(&'a Add, String)> {
+    let mut added = Vec::new();
+    let mut ambiguous: Vec<&Add> = Vec::new();
+    for (add, outcome) in adds.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Success(body) => match parse_added_line_id(&body) {
+                Some(line) => {
+                    claimed.insert(line.clone());
+                    added.push((add, line));
+                }
+                None => ambiguous.push(add),
+            },
+            Outcome::Failure(f) if f.ambiguous => ambiguous.push(add),
+            Outcome::Failure(f) => {
+                report.failed_adds += 1;
+                report.error(&f.code, format!("add failed for tech {}", add.technician_id));
+            }
+        }
+    }
+    if ambiguous.is_empty() {
+        return added;
+    }
+    let mut relist_report = Report::default();
+    let Some(listing) = list_crew(client, element, &mut relist_report, wait) else {
+        for add in ambiguous {
+            report.failed_adds += 1;
+            report.error("flex_add_unconfirmed", format!("add for tech {} may or may not have applied; the next sync adopts it if it did", add.technician_id));
+        }
+        return added;
+    };
+    let found = resolve_ambiguous_adds(&ambiguous, &listing, claimed);
+    let mut retry: Vec<&Add> = Vec::new();
+    for (add, line) in ambiguous.into_iter().zip(found) {
+        match line {
+            Some(line) => {
+                claimed.insert(line.clone());
+                added.push((add, line));
+            }
+            None => retry.push(add),
+        }
+    }
+    // Flex did not apply these: one more add each is safe. Its answer is trusted only with an id.
+    let calls = retry
+        .iter()
+        .map(|a| FlexCall::AddContact { element: element.to_string(), resource: a.resource_id.clone() })
+        .collect();
+    for (add, outcome) in retry.into_iter().zip(client.call_all(calls, wait)) {
+        let line = match &outcome {
+            Outcome::Success(body) => parse_added_line_id(body),
+            Outcome::Failure(_) => None,
+        };
+        match (line, outcome) {
+            (Some(line), _) => added.push((add, line)),
+            (None, Outcome::Failure(f)) => {
+                report.failed_adds += 1;
+                report.error(&f.code, format!("add failed for tech {}", add.technician_id));
+            }
+            (None, Outcome::Success(_)) => {
+                report.failed_adds += 1;
+                report.error("flex_add_unconfirmed", format!("add for tech {} returned no line id; the next sync adopts it", add.technician_id));
+            }
+        }
+    }
+    added
+}
