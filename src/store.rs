@@ -16,8 +16,16 @@ use crate::error::FlexSyncError;
 
 type Result<T> = std::result::Result<T, FlexSyncError>;
 
+/// The single value of a one-row query; a query that found no row gives None.
+fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<Option<T>> {
+    match Spi::get_one_with_args::<T>(sql, args) {
+        Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
+        other => Ok(other?),
+    }
+}
+
 fn query_json<T: DeserializeOwned>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<T> {
-    let value = Spi::get_one_with_args::<JsonB>(sql, args)?.map(|j| j.0).unwrap_or(Value::Null);
+    let value = first_value::<JsonB>(sql, args)?.map(|j| j.0).unwrap_or(Value::Null);
     serde_json::from_value(value).map_err(|e| FlexSyncError::Decode(e.to_string()))
 }
 
@@ -125,7 +133,7 @@ pub fn stored_options() -> Result<Value> {
 }
 
 pub fn token_is_set() -> Result<bool> {
-    Ok(Spi::get_one::<bool>("SELECT api_token IS NOT NULL FROM flex_sync_private.effective_settings()")?
+    Ok(first_value::<bool>("SELECT api_token IS NOT NULL FROM flex_sync_private.effective_settings()", &[])?
         .unwrap_or(false))
 }
 

@@ -1,0 +1,266 @@
+//! The out-of-process harness: a fresh database per test on the throwaway server that
+//! `pg_test/cluster.sh` starts (its address in `FLEX_SYNC_PG`), an in-process simulator per
+//! test, fixtures, and the invariant checks of DESIGN.md section 4.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use postgres::{Client, NoTls};
+use serde_json::{json, Value};
+
+use crate::sim::server::{spawn, Simulator};
+
+pub const SIM_TOKEN: &str = "sim-secret-token-7f3a";
+
+/// Connection string of the throwaway server's maintenance database.
+pub fn server_conninfo() -> String {
+    std::env::var("FLEX_SYNC_PG").unwrap_or_else(|_| {
+        panic!("FLEX_SYNC_PG is not set: run the suite through pg_test/test.sh, which starts the server")
+    })
+}
+
+/// A database of its own for one test, with the extension and the reference schema.
+pub struct TestDb {
+    pub conninfo: String,
+}
+
+impl TestDb {
+    pub fn create(test: &str) -> TestDb {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t_{}_{}_{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let mut admin = Client::connect(&server_conninfo(), NoTls).expect("connect to the test server");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")).unwrap();
+        let db = TestDb { conninfo: format!("{} dbname={name}", server_conninfo()) };
+        db.connect()
+            .batch_execute("CREATE EXTENSION flex_sync; SELECT flex_sync_install_reference_schema();")
+            .unwrap();
+        db
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.conninfo, NoTls).expect("connect to the test database")
+    }
+}
+
+/// The in-process simulator and a client for its control API.
+pub struct Sim {
+    pub server: Simulator,
+    agent: ureq::Agent,
+}
+
+impl Sim {
+    pub fn start() -> Sim {
+        let server = spawn("127.0.0.1:0", SIM_TOKEN).expect("start the simulator");
+        Sim { server, agent: ureq::Agent::new_with_defaults() }
+    }
+
+    fn control_url(&self, path: &str) -> String {
+        format!("http://{}/_sim/{path}", self.server.addr)
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let mut response = self.agent.post(&self.control_url(path)).send_json(&body).expect("control call");
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub fn state(&self) -> Value {
+        self.agent.get(&self.control_url("state")).call().unwrap().body_mut().read_json().unwrap()
+    }
+
+    pub fn set_config(&self, config: Value) {
+        self.post("config", config);
+    }
+
+    pub fn set_faults(&self, faults: Value) {
+        self.post("faults", faults);
+    }
+
+    pub fn clear_faults(&self) {
+        self.agent.delete(&self.control_url("faults")).call().unwrap();
+    }
+
+    pub fn reset_calls(&self) {
+        self.post("calls/reset", json!({}));
+    }
+
+    /// Calls per endpoint since the last reset: list, add, role, delete, bulk_delete.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        serde_json::from_value(self.state()["calls"].clone()).unwrap()
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        self.calls().values().sum()
+    }
+
+    /// Contacts added as a person would in the Flex UI; returns their line ids.
+    pub fn add_by_hand(&self, element: &str, resources: &[&str]) -> Vec<String> {
+        let made = self.post("seed", json!({"elements": {element: resources}}));
+        serde_json::from_value(made[element].clone()).unwrap()
+    }
+
+    /// Deletes a contact as a person would in the Flex UI.
+    pub fn delete_by_hand(&self, line: &str) {
+        self.agent.delete(&self.control_url(&format!("lines/{line}"))).call().unwrap();
+    }
+
+    /// (line id, resource id, business role) of every contact of the element.
+    pub fn contacts(&self, element: &str) -> Vec<(String, String, Option<String>)> {
+        let state = self.state();
+        state["elements"][element]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l["id"].as_str().unwrap().to_string(),
+                            l["resource_id"].as_str().unwrap().to_string(),
+                            l["business_role"].as_str().map(str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Points the database at the simulator. `options` are merged over test-friendly timeouts.
+pub fn configure(client: &mut Client, sim: &Sim, options: Value) {
+    let mut merged = json!({"allow_insecure_loopback": true, "request_timeout_ms": 2000,
+                            "connect_timeout_ms": 1000, "sync_deadline_ms": 20000});
+    for (k, v) in options.as_object().unwrap() {
+        merged[k] = v.clone();
+    }
+    client
+        .execute(
+            "SELECT flex_sync_configure($1, $2, $3::text::jsonb)",
+            &[&sim.server.base_url(), &SIM_TOKEN, &merged.to_string()],
+        )
+        .unwrap();
+}
+
+pub struct Technician {
+    pub id: String,
+    pub resource: String,
+}
+
+/// A job with crew calls and technicians, as the application would have written it.
+pub struct Job {
+    pub id: String,
+    /// Department to Flex element id.
+    pub elements: BTreeMap<String, String>,
+    pub technicians: Vec<Technician>,
+}
+
+/// `crew`: (department, role code) per technician; NULL role with a department profile is
+/// expressed as `(dept, "")`.
+pub fn create_job(client: &mut Client, departments: &[&str], crew: &[(&str, &str)]) -> Job {
+    let job: String = client
+        .query_one("INSERT INTO jobs (title) VALUES ('Test job') RETURNING id::text", &[])
+        .unwrap()
+        .get(0);
+    let mut elements = BTreeMap::new();
+    for dept in departments {
+        let element: String = client
+            .query_one(
+                "INSERT INTO flex_crew_calls (job_id, department, flex_element_id)
+                 VALUES ($1::text::uuid, $2, gen_random_uuid()) RETURNING flex_element_id::text",
+                &[&job, dept],
+            )
+            .unwrap()
+            .get(0);
+        elements.insert(dept.to_string(), element);
+    }
+    let mut technicians = Vec::new();
+    for (i, (dept, role)) in crew.iter().enumerate() {
+        let tech = add_technician(client, &job, dept, role, &format!("res-{}-{i}", &job[..8]));
+        technicians.push(tech);
+    }
+    Job { id: job, elements, technicians }
+}
+
+pub fn add_technician(client: &mut Client, job: &str, dept: &str, role: &str, resource: &str) -> Technician {
+    let id: String = client
+        .query_one(
+            "INSERT INTO profiles (first_name, department, flex_resource_id) VALUES ('Tech', $1, $2) RETURNING id::text",
+            &[&dept, &resource],
+        )
+        .unwrap()
+        .get(0);
+    let role = (!role.is_empty()).then_some(role);
+    client
+        .execute(
+            &format!(
+                "INSERT INTO job_assignments (job_id, technician_id, {dept}_role, status)
+                 VALUES ($1::text::uuid, $2::text::uuid, $3, 'confirmed')"
+            ),
+            &[&job, &id, &role],
+        )
+        .unwrap();
+    Technician { id, resource: resource.to_string() }
+}
+
+pub fn sync(client: &mut Client, job: &str) -> Value {
+    let text: String = client
+        .query_one("SELECT flex_sync_job($1::text::uuid)::text", &[&job])
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// I1: never two rows for one (crew_call_id, technician_id).
+pub fn assert_no_duplicate_rows(client: &mut Client) {
+    let dups: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM flex_crew_assignments
+              GROUP BY crew_call_id, technician_id HAVING count(*) > 1) d",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dups, 0, "I1: duplicate flex_crew_assignments rows");
+}
+
+/// I2: DB rows = desired set = Flex contacts, one contact per desired resource, and every row
+/// points at its technician's contact.
+pub fn assert_converged(client: &mut Client, sim: &Sim, job: &Job) {
+    assert_no_duplicate_rows(client);
+    for (dept, element) in &job.elements {
+        let desired: BTreeMap<String, String> = client
+            .query("SELECT technician_id::text, flex_resource_id FROM flex_sync_desired_crew($1::text::uuid, $2)", &[&job.id, dept])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let rows: BTreeMap<String, String> = client
+            .query(
+                "SELECT a.technician_id::text, a.flex_line_item_id::text FROM flex_crew_assignments a
+                 JOIN flex_crew_calls c ON c.id = a.crew_call_id
+                 WHERE c.job_id = $1::text::uuid AND c.department = $2",
+                &[&job.id, dept],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let contacts = sim.contacts(element);
+        let contact_resources: Vec<&str> = contacts.iter().map(|(_, r, _)| r.as_str()).collect();
+        let unique: BTreeSet<&str> = contact_resources.iter().copied().collect();
+        assert_eq!(unique.len(), contact_resources.len(), "{dept}: duplicate Flex contacts {contact_resources:?}");
+        let desired_resources: BTreeSet<&str> = desired.values().map(String::as_str).collect();
+        assert_eq!(unique, desired_resources, "{dept}: Flex contacts differ from the desired set");
+        assert_eq!(
+            rows.keys().collect::<BTreeSet<_>>(),
+            desired.keys().collect::<BTreeSet<_>>(),
+            "{dept}: DB rows differ from the desired set"
+        );
+        for (tech, line) in &rows {
+            let resource = &desired[tech];
+            assert!(
+                contacts.iter().any(|(l, r, _)| l == line && r == resource),
+                "{dept}: row of tech {tech} points at {line}, not at the contact of {resource}"
+            );
+        }
+    }
+}

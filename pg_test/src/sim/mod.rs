@@ -1,0 +1,5 @@
+//! A faithful stand-in for Flex5's crew-call endpoints (flex-api.md section 2a), with a control
+//! API for tests: seeding, manual edits, fault injection, call counters.
+
+pub mod model;
+pub mod server;

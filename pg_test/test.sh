@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, in tiers: pure unit tests, #[pg_test] inside one backend, then the
+# out-of-process suite against a throwaway PostgreSQL 15 server and the Flex simulator.
+# Ends with one line "N passed, N failed"; exits non-zero when anything failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash pg_test/setup.sh || exit 1
+
+logs=$root/target/test-logs
+mkdir -p "$logs"
+: >"$logs/all.log"
+status=0
+step() {
+    local name=$1; shift
+    echo "==> $name: $*"
+    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|warning: unused|thread|  left|  right|failures:)" 
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || { echo "==> $name failed (exit $rc); full output in $logs/$name.log"; status=1; }
+    return "$rc"
+}
+
+pg_config=/usr/lib/postgresql/15/bin/pg_config
+step unit cargo test -p flex_sync_core -p flex_sync_pg_test --lib
+# #[pg_test] refuses to run as root; its cluster runs as postgres in a directory postgres owns.
+pgrx_data=/tmp/flex_sync_pgrx_test
+[ "$(id -u)" = 0 ] && { rm -rf "$pgrx_data"; mkdir -p "$pgrx_data"; chown postgres:postgres "$pgrx_data"; }
+step pg_test cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
+# `cargo pgrx test` leaves its test build installed; install the real one.
+step install cargo pgrx install --pg-config "$pg_config" || { echo "install failed"; exit 1; }
+
+cluster=/tmp/flex_sync_cluster_$$
+conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }
+trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT
+FLEX_SYNC_PG="$conninfo" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
+
+passed=$(grep -hoE "test result: [a-zA-Z]+\. [0-9]+ passed" "$logs/all.log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -hoE "[0-9]+ failed;" "$logs/all.log" | awk '{s+=$1} END {print s+0}')
+if [ "$status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+echo "$passed passed, $failed failed"
+exit "$status"

@@ -1,0 +1,239 @@
+//! flex_sync_job against a real server and the simulator, from several connections.
+
+use std::sync::{Arc, Barrier};
+
+use flex_sync_pg_test::harness::*;
+use serde_json::json;
+
+const SOUND_CREW: [(&str, &str); 6] = [
+    ("sound", "SND-FOH-R"),
+    ("sound", "SND-MON-E"),
+    ("sound", "SND-RF-E"),
+    ("sound", "SND-PA-T"),
+    ("sound", "SND-PA-T"),
+    ("sound", ""),
+];
+const LIGHTS_CREW: [(&str, &str); 6] = [
+    ("lights", "LGT-BRD-R"),
+    ("lights", "LGT-SYS-E"),
+    ("lights", "LGT-FOLO-E"),
+    ("lights", "LGT-PA-T"),
+    ("lights", "LGT-PA-T"),
+    ("lights", ""),
+];
+
+fn setup(test: &str) -> (TestDb, Sim, Job) {
+    let db = TestDb::create(test);
+    let sim = Sim::start();
+    let mut client = db.connect();
+    configure(&mut client, &sim, json!({}));
+    let crew: Vec<(&str, &str)> = SOUND_CREW.iter().chain(LIGHTS_CREW.iter()).copied().collect();
+    let job = create_job(&mut client, &["sound", "lights"], &crew);
+    (db, sim, job)
+}
+
+#[test]
+fn eight_connections_syncing_one_job_at_once_converge() {
+    let (db, sim, job) = setup("eight");
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (barrier, conninfo, job_id) = (Arc::clone(&barrier), db.conninfo.clone(), job.id.clone());
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                barrier.wait();
+                sync(&mut client, &job_id)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for result in &results {
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    let total_added: u64 = results
+        .iter()
+        .map(|r| r["summary"]["sound"]["added"].as_u64().unwrap() + r["summary"]["lights"]["added"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total_added, 12, "exactly one sync adds each technician: {results:?}");
+    let mut client = db.connect();
+    assert_converged(&mut client, &sim, &job);
+    let logs: i64 = client.query_one("SELECT count(*) FROM flex_sync_log", &[]).unwrap().get(0);
+    assert_eq!(logs, 16, "one log row per department per call");
+}
+
+#[test]
+fn a_contact_deleted_by_hand_is_re_added_by_the_next_call() {
+    let (db, sim, job) = setup("handdel");
+    let mut client = db.connect();
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+    let element = &job.elements["sound"];
+    let (line, resource, _) = sim.contacts(element)[0].clone();
+    sim.delete_by_hand(&line);
+    let result = sync(&mut client, &job.id);
+    let sound = &result["summary"]["sound"];
+    assert_eq!(sound["stale_removed"], 1, "{result}");
+    assert_eq!(sound["added"], 1, "{result}");
+    assert!(sim.contacts(element).iter().any(|(_, r, _)| *r == resource));
+    assert_converged(&mut client, &sim, &job);
+}
+
+#[test]
+fn a_sync_with_nothing_to_change_makes_one_listing_call_per_department_and_writes_only_its_log() {
+    let (db, sim, job) = setup("i3");
+    let mut client = db.connect();
+    sync(&mut client, &job.id);
+    sim.reset_calls();
+    let before: String = client
+        .query_one("SELECT md5(string_agg(a::text, ',' ORDER BY a.id)) FROM flex_crew_assignments a", &[])
+        .unwrap()
+        .get(0);
+    let xmin_before: i64 = client
+        .query_one("SELECT count(*) FROM flex_crew_assignments", &[])
+        .unwrap()
+        .get(0);
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["ok"], true);
+    assert_eq!(sim.calls().get("list").copied(), Some(2), "one listing per department");
+    assert_eq!(sim.total_calls(), 2, "{:?}", sim.calls());
+    let after: String = client
+        .query_one("SELECT md5(string_agg(a::text, ',' ORDER BY a.id)) FROM flex_crew_assignments a", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after);
+    let tuples_changed: i64 = client
+        .query_one(
+            "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables WHERE relname = 'flex_crew_assignments'",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(tuples_changed, 0);
+    assert_eq!(xmin_before, 12);
+}
+
+#[test]
+fn a_failed_listing_changes_nothing_in_flex_or_the_database() {
+    let (db, sim, job) = setup("listfail");
+    let mut client = db.connect();
+    sync(&mut client, &job.id);
+    let rows_before: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
+    sim.set_faults(json!([{"endpoint": "list", "kind": "status", "status": 500}]));
+    sim.reset_calls();
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["summary"]["sound"]["status"], "failed");
+    assert!(result["summary"]["sound"]["errors"][0].as_str().unwrap().starts_with("flex_http_500"));
+    let calls = sim.calls();
+    assert_eq!(calls.get("add"), None, "no add after a failed listing: {calls:?}");
+    assert_eq!(calls.get("delete"), None);
+    let rows_after: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
+    assert_eq!(rows_before, rows_after);
+    sim.clear_faults();
+    sync(&mut client, &job.id);
+    assert_converged(&mut client, &sim, &job);
+    assert_eq!(sim.contacts(&job.elements["sound"]).len(), 6, "nobody was added twice");
+}
+
+#[test]
+fn an_add_whose_answer_is_lost_is_looked_up_not_repeated() {
+    let (db, sim, job) = setup("ambiguous");
+    let mut client = db.connect();
+    sim.set_faults(json!([{"endpoint": "add", "kind": "drop_after_apply", "times": 3}]));
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["ok"], true, "{result}");
+    assert_converged(&mut client, &sim, &job);
+}
+
+#[test]
+fn role_changes_reach_existing_contacts_once() {
+    let (db, sim, job) = setup("roles");
+    let mut client = db.connect();
+    sync(&mut client, &job.id);
+    let tech = &job.technicians[3]; // SND-PA-T
+    client
+        .execute("UPDATE job_assignments SET sound_role = 'SND-FOH-R' WHERE technician_id = $1::text::uuid", &[&tech.id])
+        .unwrap();
+    sim.reset_calls();
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["summary"]["sound"]["rolesSet"], 1, "{result}");
+    let contact = sim.contacts(&job.elements["sound"]).into_iter().find(|(_, r, _)| *r == tech.resource).unwrap();
+    assert_eq!(contact.2.as_deref(), Some("2916b300-c515-11ea-a087-2a0a4490a7fb"));
+    sim.reset_calls();
+    let again = sync(&mut client, &job.id);
+    assert_eq!(again["summary"]["sound"]["rolesSet"], 0);
+    assert_eq!(sim.total_calls(), 2);
+}
+
+#[test]
+fn bad_input_is_rejected_before_any_flex_call_and_writes_nothing() {
+    let (db, sim, job) = setup("badinput");
+    let mut client = db.connect();
+    sim.reset_calls();
+    let cases: [(&str, &str); 6] = [
+        ("SELECT flex_sync_job(NULL)", "22004"),
+        ("SELECT flex_sync_job(gen_random_uuid())", "P0002"),
+        ("SELECT flex_sync_job($1::text::uuid, '{}')", "22023"),
+        ("SELECT flex_sync_job($1::text::uuid, ARRAY['rigging'])", "22023"),
+        ("SELECT flex_sync_job($1::text::uuid, ARRAY['sound', NULL])", "22023"),
+        ("SELECT flex_sync_job($1::text::uuid, ARRAY[' SOUND ', 'Lights', 'video', 'nope'])", "22023"),
+    ];
+    for (sql, state) in cases {
+        let result = if sql.contains("$1") {
+            client.query_one(sql, &[&job.id])
+        } else {
+            client.query_one(sql, &[])
+        };
+        let err = result.expect_err(sql);
+        let db_err = err.as_db_error().expect("a database error");
+        assert_eq!(db_err.code().code(), state, "{sql}: {}", db_err.message());
+    }
+    assert_eq!(sim.total_calls(), 0);
+    let logs: i64 = client.query_one("SELECT count(*) FROM flex_sync_log", &[]).unwrap().get(0);
+    assert_eq!(logs, 0);
+    // Mixed case and repeats are accepted and collapse.
+    let ok = client
+        .query_one("SELECT flex_sync_job($1::text::uuid, ARRAY[' SOUND ', 'sound'])::text", &[&job.id])
+        .unwrap();
+    let ok: serde_json::Value = serde_json::from_str(&ok.get::<_, String>(0)).unwrap();
+    assert_eq!(ok["summary"].as_object().unwrap().len(), 1);
+}
+
+#[test]
+fn keep_policy_never_deletes_a_contact_added_by_hand() {
+    let (db, sim, job) = setup("keep");
+    let mut client = db.connect();
+    configure(&mut client, &sim, json!({"orphan_policy": "keep"}));
+    sync(&mut client, &job.id);
+    let element = &job.elements["sound"];
+    let hand = sim.add_by_hand(element, &["someone-else"]);
+    client
+        .execute("DELETE FROM job_assignments WHERE technician_id = $1::text::uuid", &[&job.technicians[0].id])
+        .unwrap();
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["summary"]["sound"]["removed"], 1, "the sync's own contact goes: {result}");
+    let lines: Vec<String> = sim.contacts(element).into_iter().map(|(l, _, _)| l).collect();
+    assert!(lines.contains(&hand[0]), "the hand-made contact stays");
+}
+
+#[test]
+fn a_rolled_back_sync_is_repaired_by_the_next_one_without_duplicates() {
+    let (db, sim, job) = setup("rollback");
+    let mut client = db.connect();
+    let mut tx = client.transaction().unwrap();
+    tx.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job.id]).unwrap();
+    tx.rollback().unwrap();
+    assert_eq!(sim.contacts(&job.elements["sound"]).len(), 6, "Flex kept the adds");
+    let result = sync(&mut client, &job.id);
+    assert_eq!(result["summary"]["sound"]["adopted"], 6, "{result}");
+    assert_eq!(result["summary"]["sound"]["added"], 0);
+    assert_converged(&mut client, &sim, &job);
+}
+
+#[test]
+fn repeatable_read_callers_are_refused() {
+    let (db, _sim, job) = setup("isolation");
+    let mut client = db.connect();
+    let mut tx = client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    let err = tx.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job.id]).unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25000");
+}
