@@ -183,9 +183,17 @@ impl Worker {
         let url = call.url(&self.origin);
         let sent = match (call.method(), call.body()) {
             (Method::Get, _) => self.with_headers(self.agent.get(&url)).config().timeout_global(Some(timeout)).build().call(),
-            (Method::Delete, _) => {
+            (Method::Delete, None) => {
                 self.with_headers(self.agent.delete(&url)).config().timeout_global(Some(timeout)).build().call()
             }
+            (Method::Delete, Some(body)) => self
+                .with_headers(self.agent.delete(&url))
+                .force_send_body()
+                .content_type(body.content_type)
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
+                .send(&body.bytes[..]),
             (Method::Post, body) => {
                 let body = body.unwrap_or_else(|| flex_sync_core::endpoints::Body { content_type: "application/json", bytes: Vec::new() });
                 self.with_headers(self.agent.post(&url))

@@ -47,7 +47,7 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     let mut ok = true;
     for department in &departments {
         let result = sync_department(&client, &job, department, request.wait_for_lock, &triggered_by, wait)?;
-        ok &= result.get("status").and_then(Value::as_str).is_none_or(|s| s == "ok");
+        ok &= !matches!(result.get("status").and_then(Value::as_str), Some("failed" | "partial"));
         summary.insert(department.clone(), result);
     }
     Ok(json!({"ok": ok, "job_id": job, "summary": summary}))
@@ -221,7 +221,10 @@ fn reconcile(
         element: element.to_string(),
         resource: a.resource_id.clone(),
     }));
-    batch.extend(plan.deletes.iter().map(|d| FlexCall::DeleteLine { line: d.line_id.clone() }));
+    let delete_lines: Vec<String> = plan.deletes.iter().map(|d| d.line_id.clone()).collect();
+    let delete_calls = delete_calls(&delete_lines);
+    let delete_call_count = delete_calls.len();
+    batch.extend(delete_calls);
     batch.extend(plan.role_sets.iter().map(|r| FlexCall::SetRole {
         element: element.to_string(),
         line: r.line_id.clone(),
@@ -229,7 +232,8 @@ fn reconcile(
     }));
     let mut outcomes = client.call_all(batch, wait).into_iter();
     let add_outcomes: Vec<Outcome> = outcomes.by_ref().take(plan.adds.len()).collect();
-    let delete_outcomes: Vec<Outcome> = outcomes.by_ref().take(plan.deletes.len()).collect();
+    let delete_outcomes: Vec<Outcome> = outcomes.by_ref().take(delete_call_count).collect();
+    let delete_outcomes = per_line_delete_outcomes(client, &delete_lines, delete_outcomes, wait);
     let role_outcomes: Vec<Outcome> = outcomes.collect();
 
     let mut claimed: HashSet<String> = listing
@@ -321,6 +325,31 @@ fn reconcile(
     store::forget_lines(&deleted)?;
     store::record_lines(element, &records)?;
     Ok(true)
+}
+
+/// One bulk delete for several lines (C6), a single delete (C5) for one.
+fn delete_calls(lines: &[String]) -> Vec<FlexCall> {
+    match lines {
+        [] => Vec::new(),
+        [line] => vec![FlexCall::DeleteLine { line: line.clone() }],
+        _ => vec![FlexCall::DeleteLines { lines: lines.to_vec() }],
+    }
+}
+
+/// The outcome for each line. Bulk delete is undocumented (flex-api.md section 6, item 7): when
+/// the tenant refuses it as a request (a 4xx other than auth and rate limits), every line is sent
+/// again as a single delete.
+fn per_line_delete_outcomes(client: &FlexClient, lines: &[String], outcomes: Vec<Outcome>, wait: &dyn Fn()) -> Vec<Outcome> {
+    if lines.len() < 2 {
+        return outcomes;
+    }
+    match outcomes.into_iter().next() {
+        Some(Outcome::Failure(f)) if f.status.is_some_and(|s| (400..500).contains(&s) && ![401, 403, 429].contains(&s)) => {
+            client.call_all(lines.iter().map(|l| FlexCall::DeleteLine { line: l.clone() }).collect(), wait)
+        }
+        Some(outcome) => vec![outcome; lines.len()],
+        None => Vec::new(),
+    }
 }
 
 fn list_crew(client: &FlexClient, element: &str, report: &mut Report, wait: &dyn Fn()) -> Option<CrewListing> {

@@ -16,6 +16,8 @@ pub enum FlexCall {
     SetRole { element: String, line: String, role: String },
     /// C5: `DELETE /line-item/{line}`
     DeleteLine { line: String },
+    /// C6: `DELETE /line-item` with a form body repeating `lineItemIds`.
+    DeleteLines { lines: Vec<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ impl FlexCall {
         match self {
             FlexCall::ListCrew { .. } => Method::Get,
             FlexCall::AddContact { .. } | FlexCall::SetRole { .. } => Method::Post,
-            FlexCall::DeleteLine { .. } => Method::Delete,
+            FlexCall::DeleteLine { .. } | FlexCall::DeleteLines { .. } => Method::Delete,
         }
     }
 
@@ -53,6 +55,7 @@ impl FlexCall {
             FlexCall::AddContact { .. } => "add",
             FlexCall::SetRole { .. } => "role",
             FlexCall::DeleteLine { .. } => "delete",
+            FlexCall::DeleteLines { .. } => "bulk_delete",
         }
     }
 
@@ -72,6 +75,7 @@ impl FlexCall {
             }
             FlexCall::SetRole { element, .. } => (vec!["line-item", element, "row-data", ""], String::new()),
             FlexCall::DeleteLine { line } => (vec!["line-item", line], String::new()),
+            FlexCall::DeleteLines { .. } => (vec!["line-item"], String::new()),
         };
         let mut url = origin.root();
         for segment in segments {
@@ -96,6 +100,15 @@ impl FlexCall {
                 content_type: "application/json",
                 bytes: serde_json::json!({"lineItemId": line, "fieldType": "business-role", "payloadValue": role})
                     .to_string()
+                    .into_bytes(),
+            }),
+            FlexCall::DeleteLines { lines } => Some(Body {
+                content_type: "application/x-www-form-urlencoded; charset=UTF-8",
+                bytes: lines
+                    .iter()
+                    .map(|l| format!("lineItemIds={}", encode(l)))
+                    .collect::<Vec<_>>()
+                    .join("&")
                     .into_bytes(),
             }),
             FlexCall::ListCrew { .. } | FlexCall::DeleteLine { .. } => None,
@@ -140,6 +153,9 @@ mod tests {
             "https://t.flexrentalsolutions.com/f5/api/line-item/..%2F..%2Fadmin%3Fx%3D1%23f"
         );
         assert_eq!(FlexCall::DeleteLine { line: "..".into() }.url(&origin()), "https://t.flexrentalsolutions.com/f5/api/line-item/%2E%2E");
+        let bulk = FlexCall::DeleteLines { lines: vec!["a".into(), "b&c".into()] };
+        assert_eq!(bulk.url(&origin()), "https://t.flexrentalsolutions.com/f5/api/line-item");
+        assert_eq!(bulk.body().unwrap().bytes, b"lineItemIds=a&lineItemIds=b%26c".to_vec());
     }
 
     #[test]

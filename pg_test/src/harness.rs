@@ -100,9 +100,13 @@ impl Sim {
         serde_json::from_value(made[element].clone()).unwrap()
     }
 
-    /// Deletes a contact as a person would in the Flex UI.
-    pub fn delete_by_hand(&self, line: &str) {
-        self.agent.delete(&self.control_url(&format!("lines/{line}"))).call().unwrap();
+    /// Deletes a contact as a person would in the Flex UI; false when it was already gone.
+    pub fn delete_by_hand(&self, line: &str) -> bool {
+        match self.agent.delete(&self.control_url(&format!("lines/{line}"))).call() {
+            Ok(_) => true,
+            Err(ureq::Error::StatusCode(404)) => false,
+            Err(e) => panic!("control call failed: {e}"),
+        }
     }
 
     /// (line id, resource id, business role) of every contact of the element.
