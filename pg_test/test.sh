@@ -32,7 +32,7 @@ step install cargo pgrx install --pg-config "$pg_config" || { echo "install fail
 cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }
 trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT
-FLEX_SYNC_PG="$conninfo" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
+FLEX_SYNC_PG="$conninfo" FLEX_SYNC_PG_LOG="$cluster/server.log" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
 
 passed=$(grep -hoE "test result: [a-zA-Z]+\. [0-9]+ passed" "$logs/all.log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -hoE "[0-9]+ failed;" "$logs/all.log" | awk '{s+=$1} END {print s+0}')

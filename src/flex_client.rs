@@ -4,12 +4,12 @@
 //! by a cancel finish on their own (bounded by the request timeout) and their answers are dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::{FlexCall, Method};
 use flex_sync_core::flex_response::is_budget_exhausted;
-use flex_sync_core::settings::{FlexOrigin, Options};
+use flex_sync_core::settings::{is_local_address, FlexOrigin, Options};
 
 /// What became of one Flex call.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ struct SyncBudget {
     max_calls: u64,
     deadline: Instant,
     rate_limited: AtomicBool,
+    /// Whether the configured host resolves only to public addresses; checked once per sync.
+    destination_public: OnceLock<bool>,
 }
 
 pub struct FlexClient {
@@ -68,6 +70,7 @@ impl FlexClient {
                 max_calls: options.max_calls_per_sync,
                 deadline,
                 rate_limited: AtomicBool::new(false),
+                destination_public: OnceLock::new(),
             }),
             options,
         }
@@ -171,6 +174,9 @@ impl Worker {
         if self.budget.rate_limited.load(Ordering::SeqCst) {
             return Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false));
         }
+        if !self.options.allow_insecure_loopback && !*self.budget.destination_public.get_or_init(|| resolves_public(&self.origin)) {
+            return Outcome::Failure(Failure::new("flex_destination_refused", None, false));
+        }
         let now = Instant::now();
         let Some(left) = self.budget.deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
             return Outcome::Failure(Failure::new("flex_deadline", None, false));
@@ -223,7 +229,10 @@ impl Worker {
             Err(error) => return Outcome::Failure(classify_transport_error(&error, may_have_applied)),
         };
         match status {
-            200..=299 => Outcome::Success(body),
+            200..=299 => match success_body_problem(&body) {
+                None => Outcome::Success(body),
+                Some(code) => Outcome::Failure(Failure::new(code, Some(status), may_have_applied)),
+            },
             429 if is_budget_exhausted(&body) => {
                 self.budget.rate_limited.store(true, Ordering::SeqCst);
                 Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false))
@@ -237,6 +246,38 @@ impl Worker {
 
     fn with_headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         request.header("X-Auth-Token", &*self.token).header("Accept", "application/json")
+    }
+}
+
+/// A 2xx is trusted only with an empty or JSON body: area-tecnica saw Flex-fronting proxies
+/// answer 200 with an HTML login page, and an error object can arrive with a 200 too.
+fn success_body_problem(body: &[u8]) -> Option<&'static str> {
+    let body = body.trim_ascii();
+    match body.first() {
+        None => None,
+        Some(b'{') => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(value) if value.get("exceptionMessage").is_some() => Some("flex_error_in_body"),
+            Ok(_) => None,
+            Err(_) => Some("flex_bad_response"),
+        },
+        Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => None,
+            Err(_) => Some("flex_bad_response"),
+        },
+    }
+}
+
+/// A name that resolves to a loopback, private or link-local address is refused like a literal
+/// one: through RPC, the base URL would otherwise be a way to reach the database's own network.
+fn resolves_public(origin: &FlexOrigin) -> bool {
+    use std::net::ToSocketAddrs;
+    if origin.is_local() {
+        return false;
+    }
+    match (origin.host.as_str(), origin.port.unwrap_or(443)).to_socket_addrs() {
+        Ok(addresses) => addresses.into_iter().all(|a| !is_local_address(a.ip())),
+        // Unresolvable: the request itself will fail with flex_host_not_found.
+        Err(_) => true,
     }
 }
 

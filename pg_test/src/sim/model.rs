@@ -131,6 +131,8 @@ pub struct SimState {
     pub budget_used: u64,
     pub budget_window: Option<Instant>,
     pub in_flight: usize,
+    /// The most requests ever in flight at once.
+    pub peak_in_flight: usize,
     next_id: u64,
 }
 
@@ -339,6 +341,7 @@ impl SimState {
             "elements": self.elements,
             "calls": self.calls,
             "budget_used": self.budget_used,
+            "peak_in_flight": self.peak_in_flight,
             "config": self.config,
             "faults": self.faults,
         })

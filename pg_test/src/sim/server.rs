@@ -163,7 +163,10 @@ struct InFlight(Shared);
 
 impl InFlight {
     fn enter(state: &Shared) -> InFlight {
-        lock(state).in_flight += 1;
+        let mut s = lock(state);
+        s.in_flight += 1;
+        s.peak_in_flight = s.peak_in_flight.max(s.in_flight);
+        drop(s);
         InFlight(Arc::clone(state))
     }
 }
@@ -243,6 +246,7 @@ fn control(state: &Shared, method: &Method, path: &str, body: &Bytes) -> Respons
         (&Method::GET, ["calls"]) => axum::Json(json!(s.calls)).into_response(),
         (&Method::POST, ["calls", "reset"]) => {
             s.calls.clear();
+            s.peak_in_flight = 0;
             StatusCode::NO_CONTENT.into_response()
         }
         (&Method::POST, ["reset"]) => {
