@@ -13,3 +13,4 @@ ALTER FUNCTION flex_sync_job(uuid, text[], boolean)
     SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
 ALTER FUNCTION flex_sync_configure(text, text, jsonb)
     SET search_path = pg_catalog, public, pg_temp;
+REVOKE EXECUTE ON FUNCTION flex_dedupe_assignments(boolean) FROM PUBLIC;

@@ -170,3 +170,122 @@ BEGIN
     );
 END
 $$;
+
+-- Rows removed by flex_dedupe_assignments(), one batch per run: nothing a dedupe removes is lost.
+CREATE TABLE flex_dedupe_audit (
+    batch_id          uuid NOT NULL,
+    removed_at        timestamptz NOT NULL,
+    crew_call_id      uuid NOT NULL,
+    technician_id     uuid NOT NULL,
+    flex_line_item_id text,
+    kept_row          jsonb NOT NULL,
+    removed_row       jsonb NOT NULL
+);
+CREATE INDEX flex_dedupe_audit_batch_idx ON flex_dedupe_audit (batch_id);
+SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
+REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
+
+-- The DBA's cleanup of duplicate (crew_call_id, technician_id) rows left by the old races.
+-- Keeps per pair the oldest row by (created_at, id), NULL created_at last; copies every removed
+-- row to flex_dedupe_audit; makes sure a unique index or constraint on exactly those columns
+-- exists. Writers of the table wait for it (SHARE ROW EXCLUSIVE); readers do not. The unique
+-- index is built under that lock, never upgraded to ACCESS EXCLUSIVE, so a sync that read the
+-- table before the dedupe started cannot deadlock with it.
+CREATE FUNCTION flex_dedupe_assignments(dry_run boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    batch        uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
+    existing     text;
+    groups       bigint;
+    doomed       bigint;
+    removed      bigint := 0;
+    orphaned     jsonb;
+    marked       bigint := 0;
+    constraint_state text;
+BEGIN
+    IF to_regclass('public.flex_crew_assignments') IS NULL THEN
+        RAISE EXCEPTION 'table public.flex_crew_assignments is missing'
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'create the application tables, or run SELECT flex_sync_install_reference_schema()';
+    END IF;
+    IF NOT dry_run THEN
+        LOCK TABLE public.flex_crew_assignments IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
+
+    SELECT i.indexrelid::regclass::text INTO existing
+    FROM pg_index i
+    WHERE i.indrelid = 'public.flex_crew_assignments'::regclass
+      AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
+    LIMIT 1;
+
+    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
+    SELECT r.tid, r.crew_call_id, r.technician_id, r.flex_line_item_id, r.removed_row, r.kept_row
+    FROM (
+        SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id::text AS flex_line_item_id,
+               to_jsonb(a) AS removed_row,
+               first_value(to_jsonb(a)) OVER w AS kept_row,
+               row_number() OVER w AS rn
+        FROM public.flex_crew_assignments a
+        WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id)
+    ) r
+    WHERE r.rn > 1;
+
+    SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
+
+    -- Line ids only removed rows referenced: Flex contacts no row will account for any more.
+    SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
+               'crew_call_id', d.crew_call_id, 'flex_element_id', c.flex_element_id,
+               'flex_line_item_id', d.flex_line_item_id)), '[]')
+    INTO orphaned
+    FROM flex_dedupe_doomed d
+    JOIN public.flex_crew_calls c ON c.id = d.crew_call_id
+    WHERE d.flex_line_item_id IS NOT NULL
+      AND d.flex_line_item_id <> coalesce(d.kept_row ->> 'flex_line_item_id', '')
+      AND NOT EXISTS (SELECT 1 FROM public.flex_crew_assignments a
+                      WHERE a.flex_line_item_id::text = d.flex_line_item_id
+                        AND a.ctid NOT IN (SELECT tid FROM flex_dedupe_doomed));
+
+    IF dry_run THEN
+        constraint_state := CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END;
+        DROP TABLE flex_dedupe_doomed;
+        RETURN jsonb_build_object('dry_run', true, 'duplicate_groups', groups, 'rows_removed', 0,
+                                  'rows_to_remove', doomed, 'constraint', constraint_state,
+                                  'constraint_name', existing, 'audit_batch', NULL,
+                                  'orphaned_flex_lines', orphaned);
+    END IF;
+
+    INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row, removed_row)
+    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id, kept_row, removed_row FROM flex_dedupe_doomed;
+
+    DELETE FROM public.flex_crew_assignments a USING flex_dedupe_doomed d WHERE a.ctid = d.tid;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+
+    -- Marked as the sync's own, so the next flex_sync_job removes these contacts in Flex even
+    -- under orphan_policy 'keep'.
+    INSERT INTO flex_sync_private.lines (flex_line_item_id, flex_element_id, resource_id, created_by_sync)
+    SELECT o ->> 'flex_line_item_id', (o ->> 'flex_element_id')::uuid, '', true
+    FROM jsonb_array_elements(orphaned) o
+    ON CONFLICT (flex_line_item_id) DO UPDATE SET created_by_sync = true, updated_at = now();
+    GET DIAGNOSTICS marked = ROW_COUNT;
+
+    IF existing IS NULL THEN
+        CREATE UNIQUE INDEX flex_crew_assignments_crew_call_id_technician_id_key
+            ON public.flex_crew_assignments (crew_call_id, technician_id);
+        existing := 'flex_crew_assignments_crew_call_id_technician_id_key';
+        constraint_state := 'created';
+    ELSE
+        constraint_state := 'existed';
+    END IF;
+    DROP TABLE flex_dedupe_doomed;
+    RETURN jsonb_build_object('dry_run', false, 'duplicate_groups', groups, 'rows_removed', removed,
+                              'constraint', constraint_state, 'constraint_name', existing,
+                              'audit_batch', batch, 'orphaned_flex_lines', orphaned,
+                              'flex_lines_marked_for_removal', marked);
+END
+$$;
