@@ -14,7 +14,7 @@ status=0
 step() {
     local name=$1; shift
     echo "==> $name: $*"
-    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|warning: unused|thread|  left|  right|failures:)" 
+    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|thread|  left|  right|failures:|=+$| All | [0-9]+ of )"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || { echo "==> $name failed (exit $rc); full output in $logs/$name.log"; status=1; }
     return "$rc"
@@ -33,9 +33,15 @@ cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }
 trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT
 FLEX_SYNC_PG="$conninfo" FLEX_SYNC_PG_LOG="$cluster/server.log" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
+# Isolation specs: pg_regress prints "All N tests passed." or "M of N tests failed."
+step isolation bash pg_test/isolation.sh "$conninfo"
+iso_passed=$(grep -hoE "All [0-9]+ tests passed" "$logs/isolation.log" | grep -oE "[0-9]+" || echo 0)
+iso_failed=$(grep -hoE "[0-9]+ of [0-9]+ tests failed" "$logs/isolation.log" | grep -oE "^[0-9]+" || echo 0)
 
 passed=$(grep -hoE "test result: [a-zA-Z]+\. [0-9]+ passed" "$logs/all.log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -hoE "[0-9]+ failed;" "$logs/all.log" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + ${iso_passed:-0}))
+failed=$((failed + ${iso_failed:-0}))
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed"
 exit "$status"
