@@ -14,3 +14,7 @@ ALTER FUNCTION flex_sync_job(uuid, text[], boolean)
 ALTER FUNCTION flex_sync_configure(text, text, jsonb)
     SET search_path = pg_catalog, public, pg_temp;
 REVOKE EXECUTE ON FUNCTION flex_dedupe_assignments(boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION flex_sync_requeue(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION flex_sync_enable_queue() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION flex_sync_private.mark_dirty(uuid, text) FROM PUBLIC;

@@ -289,3 +289,255 @@ BEGIN
                               'flex_lines_marked_for_removal', marked);
 END
 $$;
+
+-- Who may sync through a Supabase frontend: the one overridable place. Called by flex_sync_job
+-- (SECURITY DEFINER) before anything is read or sent. `current_setting('role')` is the role
+-- PostgREST switched to with SET LOCAL ROLE; callers that did not switch are judged by the
+-- EXECUTE grant alone. Default, as the live app: anon never; authenticated only when the JWT
+-- subject's profile role is admin or management.
+CREATE FUNCTION flex_sync_authorize()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    caller text := nullif(current_setting('role'), 'none');
+    subject text := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
+BEGIN
+    IF caller = 'anon' THEN
+        RAISE EXCEPTION 'flex_sync: anonymous callers may not sync'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'sign in as an admin or management user';
+    END IF;
+    IF caller = 'authenticated' AND NOT EXISTS (
+        SELECT 1 FROM profiles p
+        WHERE p.id::text = subject AND p.role IN ('admin', 'management')
+    ) THEN
+        RAISE EXCEPTION 'flex_sync: only admin or management users may sync'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the profile of the signed-in user needs role admin or management';
+    END IF;
+END
+$$;
+
+-- The dirty-job queue. Triggers append marks (plain inserts, so an application write never waits
+-- for a running sync); flex_sync_pending() syncs each due (job, department) and then deletes the
+-- marks it saw, so a mark made during the sync keeps the item due.
+CREATE TABLE flex_sync_private.dirty (
+    mark_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id     uuid NOT NULL,
+    department text NOT NULL,
+    marked_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dirty_item_idx ON flex_sync_private.dirty (job_id, department, mark_id);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.dirty', '');
+
+-- Retry state per item, written only by the scheduler that holds the item's advisory lock.
+CREATE TABLE flex_sync_private.retry_state (
+    job_id          uuid NOT NULL,
+    department      text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    dead            boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, department)
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.retry_state', '');
+
+CREATE FUNCTION flex_sync_private.mark_dirty(p_job_id uuid, p_department text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO flex_sync_private.dirty (job_id, department)
+    SELECT c.job_id, lower(btrim(c.department)) FROM public.flex_crew_calls c
+    WHERE c.job_id = p_job_id AND (p_department IS NULL OR lower(btrim(c.department)) = p_department);
+$$;
+
+CREATE FUNCTION flex_sync_private.on_assignment_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM flex_sync_private.mark_dirty(OLD.job_id, NULL);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND (TG_OP = 'INSERT' OR NEW.job_id IS DISTINCT FROM OLD.job_id) THEN
+        PERFORM flex_sync_private.mark_dirty(NEW.job_id, NULL);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION flex_sync_private.on_resource_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM flex_sync_private.mark_dirty(ja.job_id, NULL)
+    FROM public.job_assignments ja WHERE ja.technician_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION flex_sync_private.on_crew_call_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO flex_sync_private.dirty (job_id, department) VALUES (NEW.job_id, lower(btrim(NEW.department)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Installs the queue's triggers on the application tables (they may not exist when the
+-- extension is created). Idempotent.
+CREATE FUNCTION flex_sync_enable_queue()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    DROP TRIGGER IF EXISTS flex_sync_mark_dirty ON public.job_assignments;
+    CREATE TRIGGER flex_sync_mark_dirty AFTER INSERT OR UPDATE OR DELETE ON public.job_assignments
+        FOR EACH ROW EXECUTE FUNCTION flex_sync_private.on_assignment_change();
+    DROP TRIGGER IF EXISTS flex_sync_mark_dirty ON public.profiles;
+    CREATE TRIGGER flex_sync_mark_dirty AFTER UPDATE OF flex_resource_id, department ON public.profiles
+        FOR EACH ROW WHEN (OLD.flex_resource_id IS DISTINCT FROM NEW.flex_resource_id
+                           OR OLD.department IS DISTINCT FROM NEW.department)
+        EXECUTE FUNCTION flex_sync_private.on_resource_change();
+    DROP TRIGGER IF EXISTS flex_sync_mark_dirty ON public.flex_crew_calls;
+    CREATE TRIGGER flex_sync_mark_dirty AFTER INSERT OR UPDATE ON public.flex_crew_calls
+        FOR EACH ROW EXECUTE FUNCTION flex_sync_private.on_crew_call_change();
+END
+$$;
+
+-- Syncs due queue items until max_jobs are done or max_seconds have passed. Each item runs in
+-- its own subtransaction; an item another scheduler holds is skipped (its advisory lock is
+-- busy), so two schedulers never sync one item at once. Failures back off exponentially with
+-- jitter; after max_attempts an item is dead until flex_sync_requeue().
+CREATE FUNCTION flex_sync_pending(max_jobs integer DEFAULT 50, max_seconds integer DEFAULT 50,
+                                  max_attempts integer DEFAULT 8)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    started   timestamptz := clock_timestamp();
+    item      record;
+    result    jsonb;
+    status    text;
+    failure   text;
+    synced    integer := 0;
+    failed    integer := 0;
+    skipped   integer := 0;
+BEGIN
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_seconds IS NULL OR max_seconds < 1 THEN
+        RAISE EXCEPTION 'max_jobs and max_seconds must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR item IN
+        SELECT d.job_id, d.department, max(d.mark_id) AS last_mark
+        FROM flex_sync_private.dirty d
+        LEFT JOIN flex_sync_private.retry_state r USING (job_id, department)
+        WHERE r.job_id IS NULL OR (NOT r.dead AND r.next_attempt_at <= now())
+        GROUP BY d.job_id, d.department
+        ORDER BY min(d.mark_id)
+        LIMIT max_jobs
+    LOOP
+        EXIT WHEN clock_timestamp() - started > make_interval(secs => max_seconds);
+        failure := NULL;
+        BEGIN
+            result := flex_sync_job(item.job_id, ARRAY[item.department], false);
+            status := result -> 'summary' -> item.department ->> 'status';
+            IF status = 'skipped' AND result -> 'summary' -> item.department ->> 'note' <> 'no crew call mapping' THEN
+                skipped := skipped + 1;
+                CONTINUE;
+            END IF;
+            IF status IN ('failed', 'partial') THEN
+                failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            failure := SQLSTATE || ': ' || SQLERRM;
+        END;
+        IF failure IS NULL THEN
+            synced := synced + 1;
+            DELETE FROM flex_sync_private.dirty
+            WHERE job_id = item.job_id AND department = item.department AND mark_id <= item.last_mark;
+            DELETE FROM flex_sync_private.retry_state WHERE job_id = item.job_id AND department = item.department;
+        ELSE
+            failed := failed + 1;
+            INSERT INTO flex_sync_private.retry_state AS r (job_id, department, attempts, next_attempt_at, last_error, dead)
+            VALUES (item.job_id, item.department, 1, now() + interval '1 second' * (1 + random() * 2), failure, max_attempts <= 1)
+            ON CONFLICT (job_id, department) DO UPDATE
+            SET attempts = r.attempts + 1,
+                -- Exponential backoff with full jitter, capped at one hour.
+                next_attempt_at = now() + interval '1 second' * random() * least(3600, 2 ^ (r.attempts + 1) * 5),
+                last_error = EXCLUDED.last_error,
+                dead = r.attempts + 1 >= max_attempts;
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('synced', synced, 'failed', failed, 'skipped', skipped,
+                              'remaining', (SELECT count(DISTINCT (job_id, department)) FROM flex_sync_private.dirty),
+                              'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000));
+END
+$$;
+
+-- Dead items back in the queue: one job, or all with NULL.
+CREATE FUNCTION flex_sync_requeue(p_job_id uuid DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH revived AS (
+        DELETE FROM flex_sync_private.retry_state
+        WHERE dead AND (p_job_id IS NULL OR job_id = p_job_id)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM revived;
+$$;
+
+-- Observability.
+CREATE VIEW flex_sync_queue AS
+SELECT d.job_id, d.department, count(*) AS marks, min(d.marked_at) AS dirty_since,
+       coalesce(r.attempts, 0) AS attempts, r.next_attempt_at, r.last_error, coalesce(r.dead, false) AS dead
+FROM flex_sync_private.dirty d
+LEFT JOIN flex_sync_private.retry_state r USING (job_id, department)
+GROUP BY d.job_id, d.department, r.attempts, r.next_attempt_at, r.last_error, r.dead;
+
+CREATE VIEW flex_sync_dead_items AS
+SELECT job_id, department, attempts, last_error FROM flex_sync_private.retry_state WHERE dead;
+
+CREATE VIEW flex_sync_last_sync AS
+SELECT DISTINCT ON (job_id, department) job_id, department, started_at, status, added, removed, kept,
+       roles_set, failed, flex_calls, duration_ms, errors, triggered_by
+FROM flex_sync_log
+ORDER BY job_id, department, started_at DESC, id DESC;
+
+CREATE VIEW flex_sync_health AS
+SELECT count(*) AS syncs_24h,
+       round(avg((status = 'ok')::int) * 100, 1) AS success_rate_pct,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_duration_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_duration_ms,
+       (SELECT count(DISTINCT (job_id, department)) FROM flex_sync_private.dirty) AS queue_depth,
+       (SELECT count(*) FROM flex_sync_private.retry_state WHERE dead) AS dead_items
+FROM flex_sync_log
+WHERE started_at > now() - interval '24 hours' AND status <> 'skipped';
+
+CREATE VIEW flex_sync_recent_failures AS
+SELECT split_part(e.value, ':', 1) AS error_code, count(*) AS occurrences, max(l.started_at) AS last_seen,
+       (array_agg(l.job_id ORDER BY l.started_at DESC))[1] AS last_job_id
+FROM flex_sync_log l, jsonb_array_elements_text(l.errors) e
+WHERE l.started_at > now() - interval '24 hours'
+GROUP BY 1;
+
+REVOKE ALL ON flex_sync_queue, flex_sync_dead_items, flex_sync_last_sync, flex_sync_health,
+              flex_sync_recent_failures FROM PUBLIC;

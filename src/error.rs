@@ -38,8 +38,10 @@ impl FlexSyncError {
         use PgSqlErrorCode::*;
         match self {
             FlexSyncError::NullJob => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            FlexSyncError::UnknownJob(_) => ERRCODE_NO_DATA_FOUND,
-            FlexSyncError::Departments(_) | FlexSyncError::Settings(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            // Not no_data_found (P0002): PostgREST answers that with a 500, this is a 400.
+            FlexSyncError::UnknownJob(_) | FlexSyncError::Departments(_) | FlexSyncError::Settings(_) => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
             FlexSyncError::NotConfigured | FlexSyncError::NoToken => ERRCODE_CONFIG_FILE_ERROR,
             FlexSyncError::IsolationLevel(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             FlexSyncError::MissingTable(_) => ERRCODE_UNDEFINED_TABLE,

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::{FlexCall, Method};
-use flex_sync_core::flex_response::is_budget_exhausted;
+use flex_sync_core::flex_response::{is_budget_exhausted, parse_added_line_id};
 use flex_sync_core::settings::{is_local_address, FlexOrigin, Options};
 
 /// What became of one Flex call.
@@ -45,6 +45,8 @@ struct SyncBudget {
 }
 
 pub struct FlexClient {
+    /// Time this backend spent waiting for Flex answers, for the summary's own-work figure.
+    waited: std::cell::Cell<Duration>,
     agent: ureq::Agent,
     origin: FlexOrigin,
     token: Arc<str>,
@@ -62,6 +64,7 @@ impl FlexClient {
             .user_agent("flex_sync/0.1")
             .build();
         FlexClient {
+            waited: std::cell::Cell::new(Duration::ZERO),
             agent: config.into(),
             origin,
             token: token.into(),
@@ -80,6 +83,10 @@ impl FlexClient {
         &self.options
     }
 
+    pub fn time_waited(&self) -> Duration {
+        self.waited.get()
+    }
+
     /// Requests sent so far in this sync, retries included.
     pub fn calls_made(&self) -> u64 {
         self.budget.calls.load(Ordering::SeqCst)
@@ -89,16 +96,23 @@ impl FlexClient {
         self.call_all(vec![call], wait).pop().expect("one call gives one outcome")
     }
 
-    /// Runs the calls with up to `max_parallel_requests` in flight; outcomes come back in order.
-    /// `wait` runs on this thread between polls: it is where the caller checks for interrupts.
     pub fn call_all(&self, calls: Vec<FlexCall>, wait: &dyn Fn()) -> Vec<Outcome> {
-        let total = calls.len();
+        let requests = calls.into_iter().map(|call| Request { call, role_after_add: None }).collect();
+        self.send_all(requests, wait).into_iter().map(|a| a.outcome).collect()
+    }
+
+    /// Runs the requests with up to `max_parallel_requests` in flight; answers come back in
+    /// order. `wait` runs on this thread between polls: it is where the caller checks for
+    /// interrupts.
+    pub fn send_all(&self, requests: Vec<Request>, wait: &dyn Fn()) -> Vec<Answer> {
+        let total = requests.len();
         if total == 0 {
             return Vec::new();
         }
-        let calls = Arc::new(calls);
+        let started = Instant::now();
+        let calls = Arc::new(requests);
         let next = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+        let (tx, rx) = mpsc::channel::<(usize, Answer)>();
         let workers = (self.options.max_parallel_requests as usize).clamp(1, total);
         for _ in 0..workers {
             let worker = Worker {
@@ -111,14 +125,14 @@ impl FlexClient {
             let (calls, next, tx) = (Arc::clone(&calls), Arc::clone(&next), tx.clone());
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(call) = calls.get(i) else { break };
-                if tx.send((i, worker.run(call))).is_err() {
+                let Some(request) = calls.get(i) else { break };
+                if tx.send((i, worker.serve(request))).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; total];
+        let mut outcomes: Vec<Option<Answer>> = (0..total).map(|_| None).collect();
         let mut received = 0;
         while received < total {
             match rx.recv_timeout(Duration::from_millis(20)) {
@@ -130,11 +144,31 @@ impl FlexClient {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.waited.set(self.waited.get() + started.elapsed());
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Failure(Failure::new("flex_worker_lost", None, true))))
+            .map(|o| {
+                o.unwrap_or_else(|| Answer {
+                    outcome: Outcome::Failure(Failure::new("flex_worker_lost", None, true)),
+                    role: None,
+                })
+            })
             .collect()
     }
+}
+
+/// A call, and for an add the business role to give the new line. The worker that made the add
+/// sets the role as soon as the add answers with a line id, so an add and its role keep one
+/// worker busy instead of waiting for a second batch.
+pub struct Request {
+    pub call: FlexCall,
+    pub role_after_add: Option<String>,
+}
+
+pub struct Answer {
+    pub outcome: Outcome,
+    /// The outcome of the follow-up role call, when one was sent.
+    pub role: Option<Outcome>,
 }
 
 struct Worker {
@@ -146,6 +180,19 @@ struct Worker {
 }
 
 impl Worker {
+    fn serve(&self, request: &Request) -> Answer {
+        let outcome = self.run(&request.call);
+        let role = match (&request.call, &request.role_after_add, &outcome) {
+            (FlexCall::AddContact { element, .. }, Some(role), Outcome::Success(body)) => {
+                parse_added_line_id(body).map(|line| {
+                    self.run(&FlexCall::SetRole { element: element.clone(), line, role: role.clone() })
+                })
+            }
+            _ => None,
+        };
+        Answer { outcome, role }
+    }
+
     /// One call with its retries. Only idempotent calls are retried; an add whose answer was lost
     /// is reported as ambiguous and the sync looks before adding again.
     fn run(&self, call: &FlexCall) -> Outcome {

@@ -33,6 +33,11 @@ fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
     Ok(Spi::run_with_args(sql, args)?)
 }
 
+/// The overridable authorization rule (`flex_sync_authorize()`); it raises 42501 itself.
+pub fn authorize() -> Result<()> {
+    Ok(Spi::run("SELECT flex_sync_authorize()")?)
+}
+
 /// REPEATABLE READ and SERIALIZABLE transactions keep the snapshot they took before the lock, so
 /// they would reconcile against stale rows.
 pub fn check_isolation() -> Result<()> {

@@ -14,7 +14,7 @@ use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
 
 use crate::error::FlexSyncError;
-use crate::flex_client::{FlexClient, Outcome};
+use crate::flex_client::{Answer, FlexClient, Outcome, Request};
 use crate::store::{self, LineRecord, LogEntry};
 
 type Result<T> = std::result::Result<T, FlexSyncError>;
@@ -30,6 +30,7 @@ pub struct SyncRequest {
 
 pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     // Everything that can reject the call happens before the first Flex request (I5).
+    store::authorize()?;
     let job = request.job.ok_or(FlexSyncError::NullJob)?;
     store::check_isolation()?;
     store::check_application_schema()?;
@@ -111,8 +112,11 @@ fn sync_department(
 ) -> Result<Value> {
     let started = Instant::now();
     let calls_before = client.calls_made();
+    let waited_before = client.time_waited();
     let mut report = Report::default();
-    let listed = if !store::lock_department(job, department, wait_for_lock)? {
+    let locked = store::lock_department(job, department, wait_for_lock)?;
+    let lock_wait = started.elapsed();
+    let listed = if !locked {
         report.note = Some("another sync of this crew call is running");
         false
     } else {
@@ -127,6 +131,8 @@ fn sync_department(
     let flex_calls = client.calls_made() - calls_before;
     let status = report.status(listed);
     let duration_ms = started.elapsed().as_millis() as i32;
+    // Everything but waiting for the lock and for Flex: the database-side cost of the sync.
+    let own_work_us = started.elapsed().saturating_sub(lock_wait + (client.time_waited() - waited_before)).as_micros() as u64;
     let summary = json!({
         "status": status,
         "added": report.added,
@@ -142,6 +148,7 @@ fn sync_department(
         "orphans_removed": report.orphans_removed,
         "flex_calls": flex_calls,
         "duration_ms": duration_ms,
+        "own_work_us": own_work_us,
         "errors": report.errors,
         "business_role_diagnostics": report.diagnostics,
     });
@@ -215,33 +222,34 @@ fn reconcile(
         plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
     store::upsert_rows(&crew.id, &adopted_rows)?;
 
-    // Then Flex: adds, deletes and role changes of kept contacts are independent of each other.
-    let mut batch: Vec<FlexCall> = Vec::new();
-    batch.extend(plan.adds.iter().map(|a| FlexCall::AddContact {
-        element: element.to_string(),
-        resource: a.resource_id.clone(),
-    }));
+    // Then Flex: adds (each with its role), deletes and role changes of kept contacts are
+    // independent of each other and share one pool of workers.
+    let mut batch: Vec<Request> = plan
+        .adds
+        .iter()
+        .map(|a| Request {
+            call: FlexCall::AddContact { element: element.to_string(), resource: a.resource_id.clone() },
+            role_after_add: a.role_id.clone(),
+        })
+        .collect();
     let delete_lines: Vec<String> = plan.deletes.iter().map(|d| d.line_id.clone()).collect();
     let delete_calls = delete_calls(&delete_lines);
     let delete_call_count = delete_calls.len();
-    batch.extend(delete_calls);
-    batch.extend(plan.role_sets.iter().map(|r| FlexCall::SetRole {
+    let role_calls = plan.role_sets.iter().map(|r| FlexCall::SetRole {
         element: element.to_string(),
         line: r.line_id.clone(),
         role: r.role_id.clone(),
-    }));
-    let mut outcomes = client.call_all(batch, wait).into_iter();
-    let add_outcomes: Vec<Outcome> = outcomes.by_ref().take(plan.adds.len()).collect();
-    let delete_outcomes: Vec<Outcome> = outcomes.by_ref().take(delete_call_count).collect();
+    });
+    batch.extend(delete_calls.into_iter().chain(role_calls).map(|call| Request { call, role_after_add: None }));
+    let mut answers = client.send_all(batch, wait).into_iter();
+    let add_answers: Vec<Answer> = answers.by_ref().take(plan.adds.len()).collect();
+    let delete_outcomes: Vec<Outcome> = answers.by_ref().take(delete_call_count).map(|a| a.outcome).collect();
+    let role_outcomes: Vec<Outcome> = answers.map(|a| a.outcome).collect();
     let delete_outcomes = per_line_delete_outcomes(client, &delete_lines, delete_outcomes, wait);
-    let role_outcomes: Vec<Outcome> = outcomes.collect();
 
-    let mut claimed: HashSet<String> = listing
-        .contacts
-        .iter()
-        .map(|c| c.line_id.clone())
-        .collect();
-    let added = settle_adds(client, element, &plan.adds, add_outcomes, &mut claimed, report, wait);
+    let mut claimed: HashSet<String> = listing.contacts.iter().map(|c| c.line_id.clone()).collect();
+    let added = settle_adds(client, element, &plan.adds, add_answers, &mut claimed, report, wait);
+    let added = set_missing_roles(client, element, added, wait);
 
     let mut deleted = Vec::new();
     for (delete, outcome) in plan.deletes.iter().zip(delete_outcomes) {
@@ -263,56 +271,25 @@ fn reconcile(
 
     let mut records: Vec<LineRecord> = Vec::new();
     for (role, outcome) in plan.role_sets.iter().zip(role_outcomes) {
-        match outcome {
-            Outcome::Success(_) => {
-                report.roles_set += 1;
-                let resource = listing
-                    .contacts
-                    .iter()
-                    .find(|c| c.line_id == role.line_id)
-                    .map(|c| c.resource_id.clone())
-                    .unwrap_or_default();
-                records.push(LineRecord {
-                    line_id: role.line_id.clone(),
-                    resource_id: resource,
-                    created_by_sync: false,
-                    applied_role: Some(role.role_id.clone()),
-                });
-            }
-            Outcome::Failure(f) => report.error(&f.code, format!("business role of line {} not set", role.line_id)),
+        if role_applied(report, &outcome, format!("business role of line {} not set", role.line_id)) {
+            let resource = listing.contacts.iter().find(|c| c.line_id == role.line_id).map(|c| c.resource_id.clone());
+            records.push(LineRecord {
+                line_id: role.line_id.clone(),
+                resource_id: resource.unwrap_or_default(),
+                created_by_sync: false,
+                applied_role: Some(role.role_id.clone()),
+            });
         }
     }
-
-    // Roles of new contacts can only be set once their line ids are known.
-    let new_roles: Vec<(&Add, &String)> =
-        added.iter().filter_map(|(add, line)| add.role_id.as_ref().map(|_| (*add, line))).collect();
-    let role_calls = new_roles
-        .iter()
-        .map(|(add, line)| FlexCall::SetRole {
-            element: element.to_string(),
-            line: (*line).clone(),
-            role: add.role_id.clone().unwrap_or_default(),
-        })
-        .collect();
-    let new_role_outcomes = client.call_all(role_calls, wait);
-    let mut applied: HashSet<&String> = HashSet::new();
-    for ((add, line), outcome) in new_roles.iter().zip(new_role_outcomes) {
-        match outcome {
-            Outcome::Success(_) => {
-                report.roles_set += 1;
-                applied.insert(line);
-            }
-            Outcome::Failure(f) => {
-                report.error(&f.code, format!("business role of tech {} not set", add.technician_id))
-            }
-        }
-    }
-    for (add, line) in &added {
+    for new in &added {
+        let applied = new.role.as_ref().is_some_and(|outcome| {
+            role_applied(report, outcome, format!("business role of tech {} not set", new.add.technician_id))
+        });
         records.push(LineRecord {
-            line_id: line.clone(),
-            resource_id: add.resource_id.clone(),
+            line_id: new.line.clone(),
+            resource_id: new.add.resource_id.clone(),
             created_by_sync: true,
-            applied_role: if applied.contains(line) { add.role_id.clone() } else { None },
+            applied_role: if applied { new.add.role_id.clone() } else { None },
         });
     }
     report.added = added.len();
@@ -320,11 +297,49 @@ fn reconcile(
     // Finally the database records exactly what Flex confirmed.
     store::delete_rows_of_lines(&crew.id, &deleted)?;
     let added_rows: Vec<(String, String)> =
-        added.iter().map(|(add, line)| (add.technician_id.clone(), line.clone())).collect();
+        added.iter().map(|new| (new.add.technician_id.clone(), new.line.clone())).collect();
     store::upsert_rows(&crew.id, &added_rows)?;
     store::forget_lines(&deleted)?;
     store::record_lines(element, &records)?;
     Ok(true)
+}
+
+/// A contact Flex confirmed adding, and what became of its role, if one was sent.
+struct Added<'a> {
+    add: &'a Add,
+    line: String,
+    role: Option<Outcome>,
+}
+
+fn role_applied(report: &mut Report, outcome: &Outcome, what: String) -> bool {
+    match outcome {
+        Outcome::Success(_) => {
+            report.roles_set += 1;
+            true
+        }
+        Outcome::Failure(f) => {
+            report.error(&f.code, what);
+            false
+        }
+    }
+}
+
+/// Adds confirmed only through a second listing had no role sent with them: send those now.
+fn set_missing_roles<'a>(client: &FlexClient, element: &str, mut added: Vec<Added<'a>>, wait: &dyn Fn()) -> Vec<Added<'a>> {
+    let missing: Vec<usize> =
+        (0..added.len()).filter(|&i| added[i].add.role_id.is_some() && added[i].role.is_none()).collect();
+    let calls = missing
+        .iter()
+        .map(|&i| FlexCall::SetRole {
+            element: element.to_string(),
+            line: added[i].line.clone(),
+            role: added[i].add.role_id.clone().unwrap_or_default(),
+        })
+        .collect();
+    for (i, outcome) in missing.into_iter().zip(client.call_all(calls, wait)) {
+        added[i].role = Some(outcome);
+    }
+    added
 }
 
 /// One bulk delete for several lines (C6), a single delete (C5) for one.
@@ -368,25 +383,25 @@ fn list_crew(client: &FlexClient, element: &str, report: &mut Report, wait: &dyn
     }
 }
 
-/// Turns add outcomes into (add, line id) pairs. Adds whose outcome is unknown are looked up in
+/// Turns add answers into confirmed contacts. Adds whose outcome is unknown are looked up in
 /// one fresh listing before any of them is sent again, so no resource gets a second contact.
 fn settle_adds<'a>(
     client: &FlexClient,
     element: &str,
     adds: &'a [Add],
-    outcomes: Vec<Outcome>,
+    answers: Vec<Answer>,
     claimed: &mut HashSet<String>,
     report: &mut Report,
     wait: &dyn Fn(),
-) -> Vec<(&'a Add, String)> {
+) -> Vec<Added<'a>> {
     let mut added = Vec::new();
     let mut ambiguous: Vec<&Add> = Vec::new();
-    for (add, outcome) in adds.iter().zip(outcomes) {
-        match outcome {
+    for (add, answer) in adds.iter().zip(answers) {
+        match answer.outcome {
             Outcome::Success(body) => match parse_added_line_id(&body) {
                 Some(line) => {
                     claimed.insert(line.clone());
-                    added.push((add, line));
+                    added.push(Added { add, line, role: answer.role });
                 }
                 None => ambiguous.push(add),
             },
@@ -404,7 +419,10 @@ fn settle_adds<'a>(
     let Some(listing) = list_crew(client, element, &mut relist_report, wait) else {
         for add in ambiguous {
             report.failed_adds += 1;
-            report.error("flex_add_unconfirmed", format!("add for tech {} may or may not have applied; the next sync adopts it if it did", add.technician_id));
+            report.error(
+                "flex_add_unconfirmed",
+                format!("add for tech {} may or may not have applied; the next sync adopts it if it did", add.technician_id),
+            );
         }
         return added;
     };
@@ -414,30 +432,36 @@ fn settle_adds<'a>(
         match line {
             Some(line) => {
                 claimed.insert(line.clone());
-                added.push((add, line));
+                added.push(Added { add, line, role: None });
             }
             None => retry.push(add),
         }
     }
     // Flex did not apply these: one more add each is safe. Its answer is trusted only with an id.
-    let calls = retry
+    let requests = retry
         .iter()
-        .map(|a| FlexCall::AddContact { element: element.to_string(), resource: a.resource_id.clone() })
+        .map(|a| Request {
+            call: FlexCall::AddContact { element: element.to_string(), resource: a.resource_id.clone() },
+            role_after_add: a.role_id.clone(),
+        })
         .collect();
-    for (add, outcome) in retry.into_iter().zip(client.call_all(calls, wait)) {
-        let line = match &outcome {
+    for (add, answer) in retry.into_iter().zip(client.send_all(requests, wait)) {
+        let line = match &answer.outcome {
             Outcome::Success(body) => parse_added_line_id(body),
             Outcome::Failure(_) => None,
         };
-        match (line, outcome) {
-            (Some(line), _) => added.push((add, line)),
+        match (line, answer.outcome) {
+            (Some(line), _) => added.push(Added { add, line, role: answer.role }),
             (None, Outcome::Failure(f)) => {
                 report.failed_adds += 1;
                 report.error(&f.code, format!("add failed for tech {}", add.technician_id));
             }
             (None, Outcome::Success(_)) => {
                 report.failed_adds += 1;
-                report.error("flex_add_unconfirmed", format!("add for tech {} returned no line id; the next sync adopts it", add.technician_id));
+                report.error(
+                    "flex_add_unconfirmed",
+                    format!("add for tech {} returned no line id; the next sync adopts it", add.technician_id),
+                );
             }
         }
     }

@@ -178,7 +178,6 @@ fn an_exhausted_hourly_budget_stops_the_sync_and_reports_rate_limited() {
     // Calls already in flight when the first 429 came back are refused too; nothing starts after.
     let calls = sim.calls();
     assert!(sim.total_calls() <= 3 + 4, "{calls:?}");
-    assert_eq!(calls.get("role"), None, "no role call after the budget ran out: {calls:?}");
     assert_rows_agree_with_flex(&mut client, &sim, &job);
 }
 

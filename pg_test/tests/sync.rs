@@ -174,7 +174,7 @@ fn bad_input_is_rejected_before_any_flex_call_and_writes_nothing() {
     sim.reset_calls();
     let cases: [(&str, &str); 6] = [
         ("SELECT flex_sync_job(NULL)", "22004"),
-        ("SELECT flex_sync_job(gen_random_uuid())", "P0002"),
+        ("SELECT flex_sync_job(gen_random_uuid())", "22023"),
         ("SELECT flex_sync_job($1::text::uuid, '{}')", "22023"),
         ("SELECT flex_sync_job($1::text::uuid, ARRAY['rigging'])", "22023"),
         ("SELECT flex_sync_job($1::text::uuid, ARRAY['sound', NULL])", "22023"),
