@@ -3,8 +3,9 @@
 //! `pg_cancel_backend` and `statement_timeout` stop a sync while a call hangs. Workers left behind
 //! by a cancel finish on their own (bounded by the request timeout) and their answers are dropped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::{FlexCall, Method};
@@ -110,9 +111,13 @@ impl FlexClient {
             return Vec::new();
         }
         let started = Instant::now();
-        let calls = Arc::new(requests);
-        let next = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel::<(usize, Answer)>();
+        let tasks = requests
+            .into_iter()
+            .enumerate()
+            .map(|(slot, r)| Task { slot, call: r.call, role_after_add: r.role_after_add, follow_up: false })
+            .collect();
+        let queue = Arc::new(WorkQueue { state: Mutex::new((tasks, total)), ready: Condvar::new() });
+        let (tx, rx) = mpsc::channel::<Message>();
         let workers = (self.options.max_parallel_requests as usize).clamp(1, total);
         for _ in 0..workers {
             let worker = Worker {
@@ -122,44 +127,108 @@ impl FlexClient {
                 options: self.options.clone(),
                 budget: Arc::clone(&self.budget),
             };
-            let (calls, next, tx) = (Arc::clone(&calls), Arc::clone(&next), tx.clone());
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(request) = calls.get(i) else { break };
-                if tx.send((i, worker.serve(request))).is_err() {
-                    break;
+            let (queue, tx) = (Arc::clone(&queue), tx.clone());
+            std::thread::spawn(move || {
+                while let Some(task) = queue.take() {
+                    let done = worker.serve(&task);
+                    // The answer goes out before its follow-up is queued, so it arrives first.
+                    if tx.send(done.message).is_err() {
+                        // The backend stopped waiting (a cancel): send nothing more.
+                        queue.abandon();
+                        break;
+                    }
+                    queue.finish(done.follow_up);
                 }
             });
         }
         drop(tx);
-        let mut outcomes: Vec<Option<Answer>> = (0..total).map(|_| None).collect();
-        let mut received = 0;
-        while received < total {
+        let mut answers: Vec<Answer> = (0..total)
+            .map(|_| Answer { outcome: Outcome::Failure(Failure::new("flex_worker_lost", None, true)), role: None })
+            .collect();
+        let (mut expected, mut received) = (total, 0);
+        while received < expected {
             match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok((i, outcome)) => {
-                    outcomes[i] = Some(outcome);
+                Ok(message) => {
                     received += 1;
+                    match message {
+                        Message::Primary { slot, outcome, follow_up_queued } => {
+                            answers[slot].outcome = outcome;
+                            expected += usize::from(follow_up_queued);
+                        }
+                        Message::FollowUp { slot, outcome } => answers[slot].role = Some(outcome),
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => wait(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         self.waited.set(self.waited.get() + started.elapsed());
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Answer {
-                    outcome: Outcome::Failure(Failure::new("flex_worker_lost", None, true)),
-                    role: None,
-                })
-            })
-            .collect()
+        answers
     }
 }
 
-/// A call, and for an add the business role to give the new line. The worker that made the add
-/// sets the role as soon as the add answers with a line id, so an add and its role keep one
-/// worker busy instead of waiting for a second batch.
+/// The calls of one `send_all`, shared by its workers. A role that follows an add is queued
+/// behind the calls not yet started when the add answers (calls that can make more work go
+/// first), and whichever worker is free sends it: the pool never idles while there is work, and
+/// n adds with roles take about ceil(2n / p) rounds.
+struct WorkQueue {
+    /// Tasks not yet taken, and tasks not yet finished (taken or not).
+    state: Mutex<(VecDeque<Task>, usize)>,
+    ready: Condvar,
+}
+
+impl WorkQueue {
+    fn take(&self) -> Option<Task> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(task) = state.0.pop_front() {
+                return Some(task);
+            }
+            if state.1 == 0 {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn abandon(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = state.0.len() + 1;
+        state.0.clear();
+        state.1 -= dropped;
+        self.ready.notify_all();
+    }
+
+    fn finish(&self, follow_up: Option<Task>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = follow_up {
+            state.0.push_back(task);
+            state.1 += 1;
+        }
+        state.1 -= 1;
+        self.ready.notify_all();
+    }
+}
+
+struct Task {
+    slot: usize,
+    call: FlexCall,
+    role_after_add: Option<String>,
+    follow_up: bool,
+}
+
+enum Message {
+    Primary { slot: usize, outcome: Outcome, follow_up_queued: bool },
+    FollowUp { slot: usize, outcome: Outcome },
+}
+
+struct Done {
+    message: Message,
+    follow_up: Option<Task>,
+}
+
+/// A call, and for an add the business role to give the new line: it is sent as soon as the add
+/// answers with a line id, without waiting for the rest of the batch.
 pub struct Request {
     pub call: FlexCall,
     pub role_after_add: Option<String>,
@@ -180,17 +249,24 @@ struct Worker {
 }
 
 impl Worker {
-    fn serve(&self, request: &Request) -> Answer {
-        let outcome = self.run(&request.call);
-        let role = match (&request.call, &request.role_after_add, &outcome) {
+    fn serve(&self, task: &Task) -> Done {
+        let outcome = self.run(&task.call);
+        if task.follow_up {
+            return Done { message: Message::FollowUp { slot: task.slot, outcome }, follow_up: None };
+        }
+        let follow_up = match (&task.call, &task.role_after_add, &outcome) {
             (FlexCall::AddContact { element, .. }, Some(role), Outcome::Success(body)) => {
-                parse_added_line_id(body).map(|line| {
-                    self.run(&FlexCall::SetRole { element: element.clone(), line, role: role.clone() })
+                parse_added_line_id(body).map(|line| Task {
+                    slot: task.slot,
+                    call: FlexCall::SetRole { element: element.clone(), line, role: role.clone() },
+                    role_after_add: None,
+                    follow_up: true,
                 })
             }
             _ => None,
         };
-        Answer { outcome, role }
+        let message = Message::Primary { slot: task.slot, outcome, follow_up_queued: follow_up.is_some() };
+        Done { message, follow_up }
     }
 
     /// One call with its retries. Only idempotent calls are retried; an add whose answer was lost

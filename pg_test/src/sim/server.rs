@@ -105,10 +105,6 @@ async fn handle(State(state): State<Shared>, method: Method, uri: Uri, headers: 
         (&Method::DELETE, ["line-item"]) => Endpoint::BulkDelete,
         _ => Endpoint::Other,
     };
-    if endpoint == Endpoint::Other {
-        return render(flex_error(405, &format!("Request method '{method}' not supported")));
-    }
-
     let _in_flight = InFlight::enter(&state);
     let refused = {
         let mut s = lock(&state);
@@ -120,6 +116,10 @@ async fn handle(State(state): State<Shared>, method: Method, uri: Uri, headers: 
     };
     if let Some(reply) = refused {
         return render(reply);
+    }
+    // Unknown paths still count against the customer's budget, as they would in Flex.
+    if endpoint == Endpoint::Other {
+        return render(flex_error(405, &format!("Request method '{method}' not supported")));
     }
     let fault = lock(&state).take_fault(endpoint);
     let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();

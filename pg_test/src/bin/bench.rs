@@ -1,0 +1,335 @@
+//! Benchmarks (not tests): Flex calls, wall time, database-side cost, queue drain and dedupe,
+//! flex_sync side by side with the Edge Function replica. Run by `pg_test/bench.sh`, which
+//! starts the server; writes Markdown to the file named by `FLEX_SYNC_BENCH_OUT`.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use flex_sync_pg_test::edge_function::EdgeFunction;
+use flex_sync_pg_test::harness::*;
+use postgres::{Client, NoTls};
+use serde_json::{json, Value};
+
+struct Bench {
+    out: String,
+}
+
+impl Bench {
+    fn line(&mut self, text: &str) {
+        println!("{text}");
+        self.out.push_str(text);
+        self.out.push('\n');
+    }
+}
+
+fn fresh(test: &str, options: Value) -> (TestDb, Sim, Client) {
+    let db = TestDb::create(test);
+    let sim = Sim::start();
+    let mut client = db.connect();
+    let mut merged = json!({"max_calls_per_sync": 5000, "sync_deadline_ms": 600000, "request_timeout_ms": 60000});
+    for (k, v) in options.as_object().unwrap() {
+        merged[k] = v.clone();
+    }
+    configure(&mut client, &sim, merged);
+    sim.set_config(json!({"hourly_budget": 100_000_000}));
+    (db, sim, client)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    FlexSync,
+    Edge,
+}
+
+fn run(engine: Engine, client: &mut Client, sim: &Sim, job: &str) -> Value {
+    match engine {
+        Engine::FlexSync => sync(client, job),
+        Engine::Edge => EdgeFunction::new(&sim.server.base_url(), SIM_TOKEN).sync(client, job, None),
+    }
+}
+
+/// Calls one department sync makes in each scenario, starting from a converged crew of 10.
+fn flex_calls(b: &mut Bench) {
+    b.line("\n## 1. Flex calls per department sync\n");
+    b.line("Starting from a converged sound crew of 10 technicians without role codes (roles are counted in scenario 5).\n");
+    b.line("| scenario | changes | flex_sync calls | Edge Function replica calls |");
+    b.line("|---|---|---|---|");
+    type Change = fn(&mut Client, &Sim, &Job);
+    let scenarios: [(&str, usize, Change); 5] = [
+        ("nothing to change", 0, |_, _, _| {}),
+        ("1 add", 1, |c, _, j| {
+            add_technician(c, &j.id, "sound", "", &format!("b1-{}", &j.id[..8]));
+        }),
+        ("10 adds", 10, |c, _, j| {
+            for i in 0..10 {
+                add_technician(c, &j.id, "sound", "", &format!("b10-{i}-{}", &j.id[..8]));
+            }
+        }),
+        ("stale: 1 contact deleted by hand", 1, |_, s, j| {
+            let line = s.contacts(&j.elements["sound"])[0].0.clone();
+            s.delete_by_hand(&line);
+        }),
+        ("10 role changes", 10, |c, _, j| {
+            c.batch_execute(&format!(
+                "UPDATE job_assignments SET sound_role = 'SND-PA-T' WHERE job_id = '{}'",
+                j.id
+            ))
+            .unwrap();
+        }),
+    ];
+    for (name, changes, change) in scenarios {
+        let mut counts = Vec::new();
+        for engine in [Engine::FlexSync, Engine::Edge] {
+            let (_db, sim, mut client) = fresh("bench_calls", json!({}));
+            let crew: Vec<(&str, &str)> = (0..10).map(|_| ("sound", "")).collect();
+            let job = create_job(&mut client, &["sound"], &crew);
+            run(engine, &mut client, &sim, &job.id);
+            change(&mut client, &sim, &job);
+            sim.reset_calls();
+            run(engine, &mut client, &sim, &job.id);
+            counts.push(sim.total_calls());
+        }
+        b.line(&format!("| {name} | {changes} | {} | {} |", counts[0], counts[1]));
+    }
+    b.line("\nGoal: nothing to change = exactly 1 call, each change one call more. The replica's calls include its");
+    b.line("prune listing and its extras scan (up to five listing variants; the ones Flex does not have still count");
+    b.line("against the hourly budget). The replica never sends a role change to an existing contact (its hazard), so");
+    b.line("its low count there is work it does not do.");
+}
+
+/// Wall time with a 50 ms simulator latency for n new technicians, each an add and a role.
+fn wall_time(b: &mut Bench) {
+    b.line("\n## 2. Wall time of a department sync at 50 ms per Flex call\n");
+    b.line("Each new technician needs an add and a role set. Limit with p in flight: (1 + ceil(2n / p)) x 50 ms.\n");
+    b.line("| new technicians | p = 8: time | limit | ratio | p = 1: time | speed-up | Edge Function replica |");
+    b.line("|---|---|---|---|---|---|---|");
+    for n in [10usize, 50, 200] {
+        let mut times = Vec::new();
+        for (engine, parallel) in [(Engine::FlexSync, 8), (Engine::FlexSync, 1), (Engine::Edge, 1)] {
+            let (_db, sim, mut client) = fresh("bench_wall", json!({"max_parallel_requests": parallel}));
+            let crew: Vec<(&str, &str)> = (0..n).map(|_| ("sound", "SND-PA-T")).collect();
+            let job = create_job(&mut client, &["sound"], &crew);
+            sim.set_faults(json!([
+                {"endpoint": "list", "kind": "latency", "ms": 50},
+                {"endpoint": "add", "kind": "latency", "ms": 50},
+                {"endpoint": "role", "kind": "latency", "ms": 50},
+                {"endpoint": "delete", "kind": "latency", "ms": 50},
+                {"endpoint": "bulk_delete", "kind": "latency", "ms": 50}
+            ]));
+            let started = Instant::now();
+            let result = run(engine, &mut client, &sim, &job.id);
+            let elapsed = started.elapsed();
+            if engine == Engine::FlexSync {
+                assert_eq!(result["summary"]["sound"]["status"], "ok", "{result}");
+            }
+            times.push(elapsed);
+        }
+        let limit = Duration::from_millis(50 * (1 + (2 * n).div_ceil(8)) as u64);
+        b.line(&format!(
+            "| {n} | {:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1}x | {:.0} ms |",
+            ms(times[0]),
+            ms(limit),
+            ms(times[0]) / ms(limit),
+            ms(times[1]),
+            ms(times[1]) / ms(times[0]),
+            ms(times[2])
+        ));
+    }
+    b.line("\nGoals with p = 8: within 1.15x of the limit, and at least 4x faster than one call at a time.");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Syncs per second and own work of a sync with nothing to change, 4 connections, zero latency.
+fn database_cost(b: &mut Bench) {
+    b.line("\n## 3. Database-side cost of a sync with nothing to change (zero latency, 4 connections)\n");
+    let (db, sim, mut client) = fresh("bench_cost", json!({}));
+    let jobs: Vec<Job> = (0..4)
+        .map(|_| {
+            let crew: Vec<(&str, &str)> = (0..10).map(|_| ("sound", "SND-PA-T")).collect();
+            create_job(&mut client, &["sound"], &crew)
+        })
+        .collect();
+    for job in &jobs {
+        sync(&mut client, &job.id);
+    }
+    let per_connection = 500;
+    let started = Instant::now();
+    let handles: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let (conninfo, job_id) = (db.conninfo.clone(), job.id.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&conninfo, NoTls).unwrap();
+                let mut own = Vec::with_capacity(per_connection);
+                let mut call = Vec::with_capacity(per_connection);
+                for _ in 0..per_connection {
+                    let t = Instant::now();
+                    let result = sync(&mut c, &job_id);
+                    call.push(t.elapsed().as_micros() as u64);
+                    own.push(result["summary"]["sound"]["own_work_us"].as_u64().unwrap());
+                }
+                (own, call)
+            })
+        })
+        .collect();
+    let (mut own, mut call): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    for h in handles {
+        let (o, c) = h.join().unwrap();
+        own.extend(o);
+        call.extend(c);
+    }
+    let elapsed = started.elapsed();
+    own.sort_unstable();
+    call.sort_unstable();
+    let p = |v: &[u64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    b.line(&format!("- syncs per second (4 connections, {} syncs): {:.0}", own.len(), own.len() as f64 / elapsed.as_secs_f64()));
+    b.line(&format!(
+        "- own work per department sync (lock, reads, plan, log; not the Flex wait): p50 {} us, p95 {} us",
+        p(&own, 0.5),
+        p(&own, 0.95)
+    ));
+    b.line(&format!("- whole call seen by the client (with the listing round trip): p50 {} us, p95 {} us", p(&call, 0.5), p(&call, 0.95)));
+    b.line(&format!("- Flex calls made: {} (one listing per sync)", sim.total_calls()));
+    b.line("\nGoal: under 0.5 ms of own work per department sync.");
+}
+
+/// flex_sync_pending over many dirty jobs: throughput and the backend's peak memory.
+fn queue_drain(b: &mut Bench) {
+    b.line("\n## 4. flex_sync_pending draining dirty jobs (zero latency)\n");
+    b.line("| dirty jobs | jobs per minute | backend peak RSS (VmHWM) |");
+    b.line("|---|---|---|");
+    for n in [1_000usize, 10_000] {
+        let (_db, _sim, mut client) = fresh("bench_queue", json!({}));
+        client.batch_execute("SELECT flex_sync_enable_queue()").unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO jobs (id, title) SELECT gen_random_uuid(), 'q' || g FROM generate_series(1, {n}) g;
+                 INSERT INTO profiles (id, department, flex_resource_id)
+                   SELECT gen_random_uuid(), 'sound', 'qres-' || g FROM generate_series(1, {n}) g;
+                 INSERT INTO flex_crew_calls (job_id, department, flex_element_id)
+                   SELECT id, 'sound', gen_random_uuid() FROM jobs;
+                 INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
+                   SELECT j.id, p.id, 'SND-PA-T', 'confirmed'
+                   FROM (SELECT id, row_number() OVER () r FROM jobs) j
+                   JOIN (SELECT id, row_number() OVER () r FROM profiles) p USING (r);"
+            ))
+            .unwrap();
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let started = Instant::now();
+        loop {
+            let text: String = client.query_one("SELECT flex_sync_pending(500, 600)::text", &[]).unwrap().get(0);
+            let report: Value = serde_json::from_str(&text).unwrap();
+            if report["remaining"] == 0 || report["synced"] == 0 {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+            .map(|kb| format!("{} MiB", kb.parse::<u64>().unwrap_or(0) / 1024))
+            .unwrap_or_else(|| "n/a".into());
+        b.line(&format!("| {n} | {:.0} | {hwm} |", n as f64 / elapsed.as_secs_f64() * 60.0));
+    }
+    b.line("\nDrained in batches of 500 per call; memory must not grow with the queue.");
+}
+
+/// 1,000,000 rows with 100,000 duplicate groups: flex_dedupe_assignments against the seed
+/// checklist's ROW_NUMBER delete and the ADR's `a.id < b.id` delete, on identical copies.
+fn dedupe(b: &mut Bench) {
+    b.line("\n## 5. Dedupe of 1,000,000 rows with 100,000 duplicate groups\n");
+    let (_db, _sim, mut client) = fresh("bench_dedupe", json!({}));
+    client
+        .batch_execute(
+            "ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
+             INSERT INTO jobs (id) SELECT gen_random_uuid() FROM generate_series(1, 1000);
+             INSERT INTO flex_crew_calls (job_id, department, flex_element_id) SELECT id, 'sound', gen_random_uuid() FROM jobs;
+             INSERT INTO profiles (id) SELECT gen_random_uuid() FROM generate_series(1, 900);
+             INSERT INTO flex_crew_assignments (id, crew_call_id, technician_id, flex_line_item_id, created_at)
+               SELECT gen_random_uuid(), c.id, p.id, gen_random_uuid(), now() - random() * interval '300 days'
+               FROM flex_crew_calls c CROSS JOIN profiles p;
+             INSERT INTO flex_crew_assignments (id, crew_call_id, technician_id, flex_line_item_id, created_at)
+               SELECT gen_random_uuid(), crew_call_id, technician_id, gen_random_uuid(), created_at + interval '1 minute'
+               FROM flex_crew_assignments TABLESAMPLE BERNOULLI (100) LIMIT 100000;
+             CREATE TABLE oldest AS SELECT DISTINCT ON (crew_call_id, technician_id) id
+               FROM flex_crew_assignments ORDER BY crew_call_id, technician_id, created_at, id;
+             CREATE TABLE copy_rownumber AS SELECT * FROM flex_crew_assignments;
+             CREATE TABLE copy_adr AS SELECT * FROM flex_crew_assignments;
+             ANALYZE;",
+        )
+        .unwrap();
+    let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
+    let time = |client: &mut Client, sql: &str| {
+        let t = Instant::now();
+        client.batch_execute(sql).unwrap();
+        t.elapsed()
+    };
+    let ours = time(&mut client, "SELECT flex_dedupe_assignments()");
+    let rownumber = time(
+        &mut client,
+        "DELETE FROM copy_rownumber WHERE id IN (
+           SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
+                                                         ORDER BY created_at) rn FROM copy_rownumber) r
+           WHERE rn > 1)",
+    );
+    let adr = time(
+        &mut client,
+        "DELETE FROM copy_adr a USING copy_adr b
+         WHERE a.crew_call_id = b.crew_call_id AND a.technician_id = b.technician_id AND a.id < b.id",
+    );
+    let wrong = |client: &mut Client, table: &str| -> i64 {
+        client
+            .query_one(&format!("SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM oldest o WHERE o.id = t.id)"), &[])
+            .unwrap()
+            .get(0)
+    };
+    let wrong_ours = wrong(&mut client, "flex_crew_assignments");
+    let wrong_rownumber = wrong(&mut client, "copy_rownumber");
+    let wrong_adr = wrong(&mut client, "copy_adr");
+    let audited: i64 = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
+    b.line(&format!("{rows} rows before.\n"));
+    b.line("| method | time | audit copy | unique constraint | groups that kept a row other than the oldest |");
+    b.line("|---|---|---|---|---|");
+    b.line(&format!("| flex_dedupe_assignments() | {:.0} ms | {audited} rows | created | {wrong_ours} |", ms(ours)));
+    b.line(&format!("| seed checklist: ROW_NUMBER delete | {:.0} ms | none | no | {wrong_rownumber} |", ms(rownumber)));
+    b.line(&format!("| seed ADR: DELETE ... USING ... a.id < b.id | {:.0} ms | none | no | {wrong_adr} |", ms(adr)));
+    b.line("\nThe ADR variant keeps the row with the largest uuid, a random row, not the oldest. Goal: flex_dedupe_assignments");
+    b.line("no slower than the ROW_NUMBER delete while also auditing and creating the unique index.");
+}
+
+fn main() {
+    let mut b = Bench { out: String::new() };
+    b.line("# flex_sync benchmarks\n");
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024))
+        .unwrap_or(0);
+    let mut admin = Client::connect(&server_conninfo(), NoTls).unwrap();
+    let version: String = admin.query_one("SELECT version()", &[]).unwrap().get(0);
+    let mut header = String::new();
+    let _ = write!(
+        header,
+        "Machine: {machine}, {cores} cores, {memory} GiB. {version}. Extension built with `cargo pgrx install --release`.\n\
+         Simulator in process on loopback. Run: `bash pg_test/bench.sh`."
+    );
+    b.line(&header);
+    let only = std::env::args().nth(1);
+    let sections: [(&str, fn(&mut Bench)); 5] =
+        [("calls", flex_calls), ("wall", wall_time), ("cost", database_cost), ("queue", queue_drain), ("dedupe", dedupe)];
+    for (name, section) in sections {
+        if only.as_deref().is_none_or(|o| o == name) {
+            section(&mut b);
+        }
+    }
+    if let Ok(path) = std::env::var("FLEX_SYNC_BENCH_OUT") {
+        std::fs::write(path, &b.out).unwrap();
+    }
+}
