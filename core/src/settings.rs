@@ -100,6 +100,10 @@ impl Options {
         Ok(out)
     }
 
+    fn integer(&self, key: &str) -> u64 {
+        *self.clone().integer_mut(key)
+    }
+
     fn integer_mut(&mut self, key: &str) -> &mut u64 {
         match key {
             "connect_timeout_ms" => &mut self.connect_timeout_ms,
@@ -116,7 +120,7 @@ impl Options {
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         for (key, _, _) in INTEGER_OPTIONS {
-            map.insert(key.to_string(), Value::from(*self.clone().integer_mut(key)));
+            map.insert(key.to_string(), Value::from(self.integer(key)));
         }
         let policy = match self.orphan_policy {
             OrphanPolicy::Prune => "prune",

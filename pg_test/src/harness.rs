@@ -145,6 +145,31 @@ pub fn configure(client: &mut Client, sim: &Sim, options: Value) {
         .unwrap();
 }
 
+/// A fresh database and simulator for one test, the database configured to the simulator.
+pub fn rig(test: &str, options: Value) -> (TestDb, Sim, Client) {
+    let db = TestDb::create(test);
+    let sim = Sim::start();
+    let mut client = db.connect();
+    configure(&mut client, &sim, options);
+    (db, sim, client)
+}
+
+/// `n` connections call `flex_sync_job(job)` at the same moment; their results, in order.
+pub fn sync_concurrently(conninfo: &str, job: &str, n: usize) -> Vec<Value> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (barrier, conninfo, job) = (barrier.clone(), conninfo.to_string(), job.to_string());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&conninfo, NoTls).unwrap();
+                barrier.wait();
+                sync(&mut client, &job)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 pub struct Technician {
     pub id: String,
     pub resource: String,

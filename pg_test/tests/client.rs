@@ -192,10 +192,7 @@ fn never_more_calls_than_max_calls_per_sync() {
 
 #[test]
 fn independent_calls_run_in_parallel_up_to_the_limit() {
-    let db = TestDb::create("parallel");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({"max_parallel_requests": 4}));
+    let (_db, sim, mut client) = rig("parallel", json!({"max_parallel_requests": 4}));
     let crew: Vec<(&str, &str)> = (0..12).map(|_| ("sound", "")).collect();
     let job = create_job(&mut client, &["sound"], &crew);
     sim.set_faults(json!([{"endpoint": "add", "kind": "latency", "ms": 200}]));
@@ -210,10 +207,7 @@ fn independent_calls_run_in_parallel_up_to_the_limit() {
 
 #[test]
 fn plain_http_and_local_hosts_are_refused_without_the_loopback_switch() {
-    let db = TestDb::create("insecure");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (_db, sim, mut client) = rig("insecure", json!({}));
     let err = client
         .execute(
             "SELECT flex_sync_configure($1, NULL, '{\"allow_insecure_loopback\": false}')",

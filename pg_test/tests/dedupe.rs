@@ -24,10 +24,7 @@ fn drop_constraint(client: &mut Client) {
 /// it: for tech 0 two extra rows (one older than the original, one with NULL created_at), for
 /// tech 1 one extra row pointing at a second Flex contact of the same resource.
 fn racy_job(test: &str) -> (TestDb, Sim, Job, Client, String) {
-    let db = TestDb::create(test);
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (db, sim, mut client) = rig(test, json!({}));
     let job = create_job(&mut client, &["sound"], &FOUR);
     sync(&mut client, &job.id);
     drop_constraint(&mut client);

@@ -5,10 +5,7 @@ use flex_sync_pg_test::harness::*;
 use serde_json::json;
 
 fn setup(test: &str, crew: &[(&str, &str)]) -> (TestDb, Sim, Job, postgres::Client) {
-    let db = TestDb::create(test);
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (db, sim, mut client) = rig(test, json!({}));
     let job = create_job(&mut client, &["sound"], crew);
     (db, sim, job, client)
 }
@@ -155,10 +152,7 @@ fn the_rf_especialista_gets_the_especialista_role() {
 
 #[test]
 fn unmapped_role_tiers_are_diagnostics_not_failures() {
-    let db = TestDb::create("lights_roles");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (_db, _sim, mut client) = rig("lights_roles", json!({}));
     let job = create_job(&mut client, &["lights"], &[("lights", "LGT-BRD-R"), ("lights", "LGT-PA-T")]);
     let result = sync(&mut client, &job.id);
     let lights = &result["summary"]["lights"];
@@ -185,10 +179,7 @@ fn a_busy_crew_call_is_skipped_when_asked_not_to_wait() {
 
 #[test]
 fn opposite_department_orders_never_deadlock() {
-    let db = TestDb::create("order");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (db, sim, mut client) = rig("order", json!({}));
     let job = create_job(&mut client, &["sound", "lights"], &[("sound", "SND-PA-T"), ("lights", "LGT-PA-T")]);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
     let handles: Vec<_> = (0..8)

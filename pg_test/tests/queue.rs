@@ -17,10 +17,7 @@ fn queue_depth(client: &mut Client) -> i64 {
 }
 
 fn setup(test: &str) -> (TestDb, Sim, Client) {
-    let db = TestDb::create(test);
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (db, sim, mut client) = rig(test, json!({}));
     client.batch_execute("SELECT flex_sync_enable_queue()").unwrap();
     (db, sim, client)
 }

@@ -47,10 +47,7 @@ fn profile(client: &mut Client, role: &str) -> String {
 
 #[test]
 fn anon_is_refused_and_only_admin_or_management_may_sync() {
-    let db = TestDb::create("rpc_auth");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (_db, sim, mut client) = rig("rpc_auth", json!({}));
     supabase_roles(&mut client);
     let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
     let technician = profile(&mut client, "technician");
@@ -77,10 +74,7 @@ fn anon_is_refused_and_only_admin_or_management_may_sync() {
 
 #[test]
 fn under_the_eight_second_rpc_timeout_the_sync_returns_a_partial_result() {
-    let db = TestDb::create("rpc_deadline");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({"sync_deadline_ms": 60000, "request_timeout_ms": 60000, "max_parallel_requests": 1}));
+    let (_db, sim, mut client) = rig("rpc_deadline", json!({"sync_deadline_ms": 60000, "request_timeout_ms": 60000, "max_parallel_requests": 1}));
     supabase_roles(&mut client);
     let crew: Vec<(&str, &str)> = (0..12).map(|_| ("sound", "")).collect();
     let job = create_job(&mut client, &["sound"], &crew);

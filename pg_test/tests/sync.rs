@@ -1,7 +1,5 @@
 //! flex_sync_job against a real server and the simulator, from several connections.
 
-use std::sync::{Arc, Barrier};
-
 use flex_sync_pg_test::harness::*;
 use serde_json::json;
 
@@ -23,10 +21,7 @@ const LIGHTS_CREW: [(&str, &str); 6] = [
 ];
 
 fn setup(test: &str) -> (TestDb, Sim, Job) {
-    let db = TestDb::create(test);
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({}));
+    let (db, sim, mut client) = rig(test, json!({}));
     let crew: Vec<(&str, &str)> = SOUND_CREW.iter().chain(LIGHTS_CREW.iter()).copied().collect();
     let job = create_job(&mut client, &["sound", "lights"], &crew);
     (db, sim, job)
@@ -35,18 +30,7 @@ fn setup(test: &str) -> (TestDb, Sim, Job) {
 #[test]
 fn eight_connections_syncing_one_job_at_once_converge() {
     let (db, sim, job) = setup("eight");
-    let barrier = Arc::new(Barrier::new(8));
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let (barrier, conninfo, job_id) = (Arc::clone(&barrier), db.conninfo.clone(), job.id.clone());
-            std::thread::spawn(move || {
-                let mut client = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                barrier.wait();
-                sync(&mut client, &job_id)
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let results = sync_concurrently(&db.conninfo, &job.id, 8);
     for result in &results {
         assert_eq!(result["ok"], true, "{result}");
     }

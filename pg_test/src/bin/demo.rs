@@ -3,8 +3,6 @@
 //! deleted by hand in Flex, one more sync; then the summaries, the log and both sides of every
 //! crew call. Exits non-zero if the database and the simulator disagree.
 
-use std::sync::{Arc, Barrier};
-
 use flex_sync_pg_test::harness::*;
 use serde_json::{json, Value};
 
@@ -36,27 +34,11 @@ fn print_summary(label: &str, result: &Value) {
 }
 
 fn main() {
-    let db = TestDb::create("demo");
-    let sim = Sim::start();
-    let mut client = db.connect();
-    configure(&mut client, &sim, json!({"max_parallel_requests": 4}));
+    let (db, sim, mut client) = rig("demo", json!({"max_parallel_requests": 4}));
     let job = create_job(&mut client, &["sound", "lights"], &CREW);
     println!("flex_sync demo: job {} with {} technicians; Flex simulator at {}", job.id, CREW.len(), sim.server.base_url());
 
-    let barrier = Arc::new(Barrier::new(2));
-    let first_two: Vec<Value> = (0..2)
-        .map(|_| {
-            let (barrier, conninfo, job_id) = (Arc::clone(&barrier), db.conninfo.clone(), job.id.clone());
-            std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                barrier.wait();
-                sync(&mut c, &job_id)
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect();
+    let first_two = sync_concurrently(&db.conninfo, &job.id, 2);
     print_summary("sync A (started together with B)", &first_two[0]);
     print_summary("sync B (started together with A)", &first_two[1]);
 

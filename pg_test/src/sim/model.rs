@@ -157,12 +157,6 @@ impl SimState {
         *self = SimState::new(&token);
     }
 
-    fn new_line_id(&mut self) -> String {
-        self.next_id += 1;
-        // UUID-shaped, unique per simulator run.
-        format!("5f1e{:04x}-0000-4000-8000-{:012x}", std::process::id() & 0xffff, self.next_id)
-    }
-
     /// Counts the call against the hourly budget; Some(reply) when the budget is spent.
     pub fn charge(&mut self, endpoint: Endpoint) -> Option<Reply> {
         *self.calls.entry(endpoint).or_default() += 1;
@@ -208,13 +202,7 @@ impl SimState {
             None => return flex_error(400, "Required parameter 'managedResourceLineItemType' is not present"),
             Some(other) => return flex_error(400, &format!("Unsupported line item type for a crew call: {other}")),
         }
-        let id = self.new_line_id();
-        self.elements.entry(element.to_string()).or_default().push(Line {
-            id: id.clone(),
-            resource_id: resource.to_string(),
-            business_role: None,
-            origin: "api".into(),
-        });
+        let id = self.push_line(element, resource, "api");
         match self.config.add_response.as_str() {
             "empty" => Reply::Json(200, json!({})),
             "odd" => Reply::Json(200, json!({"success": true, "data": null})),
@@ -326,12 +314,18 @@ impl SimState {
 
     /// A contact added by a person in the Flex UI.
     pub fn add_by_hand(&mut self, element: &str, resource: &str) -> String {
-        let id = self.new_line_id();
+        self.push_line(element, resource, "hand")
+    }
+
+    fn push_line(&mut self, element: &str, resource: &str, origin: &str) -> String {
+        self.next_id += 1;
+        // UUID-shaped, unique per simulator run.
+        let id = format!("5f1e{:04x}-0000-4000-8000-{:012x}", std::process::id() & 0xffff, self.next_id);
         self.elements.entry(element.to_string()).or_default().push(Line {
             id: id.clone(),
             resource_id: resource.to_string(),
             business_role: None,
-            origin: "hand".into(),
+            origin: origin.into(),
         });
         id
     }
