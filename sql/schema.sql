@@ -16,6 +16,12 @@ CREATE TABLE flex_sync_private.settings (
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.settings', '');
 
+-- What the extension has learnt about the Flex customer: until when its hourly budget is spent.
+CREATE TABLE flex_sync_private.flex_state (
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rate_limited_until timestamptz
+);
+
 -- One row per Flex contact line the sync has made or adopted: whether the sync created it (the
 -- orphan_policy 'keep' may delete only those) and the business role last applied to it (so an
 -- unchanged role is not sent again).

@@ -57,7 +57,8 @@ pub struct FlexClient {
 
 impl FlexClient {
     /// `deadline` is when this sync must stop calling Flex.
-    pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant) -> FlexClient {
+    /// `rate_limited` starts the sync with Flex's hourly budget known to be spent.
+    pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant, rate_limited: bool) -> FlexClient {
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_millis(options.connect_timeout_ms)))
             .max_redirects(0)
@@ -73,7 +74,7 @@ impl FlexClient {
                 calls: AtomicU64::new(0),
                 max_calls: options.max_calls_per_sync,
                 deadline,
-                rate_limited: AtomicBool::new(false),
+                rate_limited: AtomicBool::new(rate_limited),
                 destination_public: OnceLock::new(),
             }),
             options,
@@ -82,6 +83,10 @@ impl FlexClient {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    pub fn is_rate_limited(&self) -> bool {
+        self.budget.rate_limited.load(Ordering::SeqCst)
     }
 
     pub fn time_waited(&self) -> Duration {

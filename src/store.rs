@@ -119,7 +119,9 @@ pub fn load_settings() -> Result<Option<StoredSettings>> {
     )
 }
 
+/// Also forgets what was learnt about the previous endpoint (a spent hourly budget).
 pub fn save_settings(base_url: &str, api_token: Option<&str>, options: &Value) -> Result<()> {
+    execute("DELETE FROM flex_sync_private.flex_state", &[])?;
     execute(
         "INSERT INTO flex_sync_private.settings (base_url, api_token, options)
          VALUES ($1, $2, $3)
@@ -140,6 +142,22 @@ pub fn stored_options() -> Result<Value> {
 pub fn token_is_set() -> Result<bool> {
     Ok(first_value::<bool>("SELECT api_token IS NOT NULL FROM flex_sync_private.effective_settings()", &[])?
         .unwrap_or(false))
+}
+
+/// Flex's hourly budget is shared by every key of the customer: once a sync saw it spent, the
+/// following syncs do not call for a while (they report `flex_rate_limited` straight away).
+pub const RATE_LIMIT_PAUSE: &str = "5 minutes";
+
+pub fn note_rate_limited() -> Result<()> {
+    execute(
+        "INSERT INTO flex_sync_private.flex_state (singleton, rate_limited_until) VALUES (true, now() + $1::interval)
+         ON CONFLICT (singleton) DO UPDATE SET rate_limited_until = EXCLUDED.rate_limited_until",
+        &[RATE_LIMIT_PAUSE.into()],
+    )
+}
+
+pub fn rate_limited_now() -> Result<bool> {
+    Ok(first_value::<bool>("SELECT rate_limited_until > now() FROM flex_sync_private.flex_state", &[])?.unwrap_or(false))
 }
 
 /// Milliseconds left before `statement_timeout` ends this statement, or None without a timeout.

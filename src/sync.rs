@@ -44,12 +44,16 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     let client = configured_client()?;
     let triggered_by = store::caller_identity()?;
 
+    let was_rate_limited = client.is_rate_limited();
     let mut summary = Map::new();
     let mut ok = true;
     for department in &departments {
         let result = sync_department(&client, &job, department, request.wait_for_lock, &triggered_by, wait)?;
         ok &= !matches!(result.get("status").and_then(Value::as_str), Some("failed" | "partial"));
         summary.insert(department.clone(), result);
+    }
+    if client.is_rate_limited() && !was_rate_limited {
+        store::note_rate_limited()?;
     }
     Ok(json!({"ok": ok, "job_id": job, "summary": summary}))
 }
@@ -63,7 +67,7 @@ fn configured_client() -> Result<FlexClient> {
     if let Some(left) = store::statement_time_left_ms()? {
         budget = budget.min(Duration::from_millis(left.max(0) as u64).saturating_sub(WRITE_MARGIN));
     }
-    Ok(FlexClient::new(origin, token, options, Instant::now() + budget))
+    Ok(FlexClient::new(origin, token, options, Instant::now() + budget, store::rate_limited_now()?))
 }
 
 /// The per-department report, built as the sync goes and turned into the summary and log row.

@@ -179,6 +179,11 @@ fn an_exhausted_hourly_budget_stops_the_sync_and_reports_rate_limited() {
     let calls = sim.calls();
     assert!(sim.total_calls() <= 3 + 4, "{calls:?}");
     assert_rows_agree_with_flex(&mut client, &sim, &job);
+    // The budget is shared by the customer's keys: the next sync does not spend calls on it.
+    sim.reset_calls();
+    let next = sync(&mut client, &job.id);
+    assert!(next["summary"]["sound"]["errors"].to_string().contains("flex_rate_limited"), "{next}");
+    assert_eq!(sim.total_calls(), 0);
 }
 
 #[test]
