@@ -230,32 +230,43 @@ BEGIN
            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
     LIMIT 1;
 
+    -- Only pairs that have duplicates are sorted: a hash aggregate finds them, then the window
+    -- ranks the rows of those pairs alone. Rows are addressed by ctid, valid under the lock.
     CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    SELECT r.tid, r.crew_call_id, r.technician_id, r.flex_line_item_id, r.removed_row, r.kept_row
-    FROM (
+    WITH dup_pairs AS (
+        SELECT crew_call_id, technician_id FROM public.flex_crew_assignments
+        GROUP BY crew_call_id, technician_id HAVING count(*) > 1
+    ), ranked AS (
         SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id::text AS flex_line_item_id,
-               to_jsonb(a) AS removed_row,
-               first_value(to_jsonb(a)) OVER w AS kept_row,
+               first_value(a.ctid) OVER w AS keeper_tid,
+               first_value(a.flex_line_item_id::text) OVER w AS keeper_line,
                row_number() OVER w AS rn
         FROM public.flex_crew_assignments a
+        JOIN dup_pairs p USING (crew_call_id, technician_id)
         WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id)
-    ) r
-    WHERE r.rn > 1;
+    )
+    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_tid, keeper_line FROM ranked WHERE rn > 1;
+    ANALYZE flex_dedupe_doomed;
 
     SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
 
     -- Line ids only removed rows referenced: Flex contacts no row will account for any more.
-    SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
-               'crew_call_id', d.crew_call_id, 'flex_element_id', c.flex_element_id,
-               'flex_line_item_id', d.flex_line_item_id)), '[]')
+    WITH doomed_lines AS (
+        SELECT DISTINCT d.crew_call_id, d.flex_line_item_id FROM flex_dedupe_doomed d
+        WHERE d.flex_line_item_id IS NOT NULL AND d.flex_line_item_id IS DISTINCT FROM d.keeper_line
+    ), still_referenced AS (
+        SELECT DISTINCT a.flex_line_item_id::text AS line
+        FROM public.flex_crew_assignments a
+        WHERE a.flex_line_item_id::text IN (SELECT flex_line_item_id FROM doomed_lines)
+          AND NOT EXISTS (SELECT 1 FROM flex_dedupe_doomed d WHERE d.tid = a.ctid)
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'crew_call_id', l.crew_call_id, 'flex_element_id', c.flex_element_id,
+               'flex_line_item_id', l.flex_line_item_id)), '[]')
     INTO orphaned
-    FROM flex_dedupe_doomed d
-    JOIN public.flex_crew_calls c ON c.id = d.crew_call_id
-    WHERE d.flex_line_item_id IS NOT NULL
-      AND d.flex_line_item_id <> coalesce(d.kept_row ->> 'flex_line_item_id', '')
-      AND NOT EXISTS (SELECT 1 FROM public.flex_crew_assignments a
-                      WHERE a.flex_line_item_id::text = d.flex_line_item_id
-                        AND a.ctid NOT IN (SELECT tid FROM flex_dedupe_doomed));
+    FROM doomed_lines l
+    JOIN public.flex_crew_calls c ON c.id = l.crew_call_id
+    WHERE NOT EXISTS (SELECT 1 FROM still_referenced s WHERE s.line = l.flex_line_item_id);
 
     IF dry_run THEN
         constraint_state := CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END;
@@ -267,7 +278,10 @@ BEGIN
     END IF;
 
     INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row, removed_row)
-    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id, kept_row, removed_row FROM flex_dedupe_doomed;
+    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id, to_jsonb(k), to_jsonb(a)
+    FROM flex_dedupe_doomed d
+    JOIN public.flex_crew_assignments a ON a.ctid = d.tid
+    JOIN public.flex_crew_assignments k ON k.ctid = d.keeper_tid;
 
     DELETE FROM public.flex_crew_assignments a USING flex_dedupe_doomed d WHERE a.ctid = d.tid;
     GET DIAGNOSTICS removed = ROW_COUNT;

@@ -48,36 +48,33 @@ pub fn check_isolation() -> Result<()> {
     }
 }
 
-const APP_TABLES: [&str; 5] = ["jobs", "profiles", "job_assignments", "flex_crew_calls", "flex_crew_assignments"];
-
 /// The application tables exist and `flex_crew_assignments` has a unique constraint or unique
 /// index on exactly (crew_call_id, technician_id), whatever its name: ON CONFLICT needs it.
 pub fn check_application_schema() -> Result<()> {
-    for table in APP_TABLES {
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT to_regclass('public.' || quote_ident($1)) IS NOT NULL",
-            &[table.into()],
-        )?
-        .unwrap_or(false);
-        if !exists {
-            return Err(FlexSyncError::MissingTable(format!("public.{table}")));
-        }
+    #[derive(Deserialize)]
+    struct Check {
+        missing: Option<String>,
+        unique: Option<bool>,
     }
-    let unique = Spi::get_one::<bool>(
-        "SELECT EXISTS (
-             SELECT 1 FROM pg_index i
-             WHERE i.indrelid = 'public.flex_crew_assignments'::regclass
-               AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-               AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                    FROM pg_attribute a
-                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
-                   = ARRAY['crew_call_id', 'technician_id'])",
-    )?
-    .unwrap_or(false);
-    if unique {
-        Ok(())
-    } else {
-        Err(FlexSyncError::NoUniqueConstraint)
+    let check: Check = query_json(
+        "SELECT jsonb_build_object(
+             'missing', (SELECT 'public.' || t FROM unnest(ARRAY['jobs', 'profiles', 'job_assignments',
+                             'flex_crew_calls', 'flex_crew_assignments']) t
+                         WHERE to_regclass('public.' || t) IS NULL LIMIT 1),
+             'unique', (SELECT EXISTS (
+                 SELECT 1 FROM pg_index i
+                 WHERE i.indrelid = to_regclass('public.flex_crew_assignments')
+                   AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                        FROM pg_attribute a
+                        WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                       = ARRAY['crew_call_id', 'technician_id'])))",
+        &[],
+    )?;
+    match check {
+        Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
+        Check { unique: Some(true), .. } => Ok(()),
+        _ => Err(FlexSyncError::NoUniqueConstraint),
     }
 }
 
@@ -188,83 +185,83 @@ pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> 
         .unwrap_or(false))
 }
 
-#[derive(Deserialize)]
-pub struct CrewCall {
+/// Everything the plan of one crew call needs from the database, read after the lock is held.
+pub struct StoredCrew {
     pub id: String,
     pub flex_element_id: String,
+    pub desired: Vec<DesiredTech>,
+    pub rows: Vec<DbRow>,
+    pub known: HashMap<String, KnownLine>,
+    pub roles: RoleMap,
 }
 
-pub fn load_crew_call(job: &str, department: &str) -> Result<Option<CrewCall>> {
-    query_json(
-        "SELECT jsonb_build_object('id', id, 'flex_element_id', flex_element_id)
-         FROM public.flex_crew_calls WHERE job_id = $1::uuid AND lower(btrim(department)) = $2",
-        &[job.into(), department.into()],
-    )
-}
-
-pub fn load_desired(job: &str, department: &str) -> Result<Vec<DesiredTech>> {
+/// One statement for the whole read: it is most of a no-change sync's database time.
+pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
     #[derive(Deserialize)]
-    struct Row {
+    struct Desired {
         t: String,
         r: String,
         c: Option<String>,
     }
-    let rows: Option<Vec<Row>> = query_json(
-        "SELECT jsonb_agg(jsonb_build_object('t', technician_id, 'r', flex_resource_id, 'c', role_code))
-         FROM flex_sync_desired_crew($1::uuid, $2)",
-        &[job.into(), department.into()],
-    )?;
-    Ok(rows
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| DesiredTech { technician_id: r.t, resource_id: r.r, role_code: r.c })
-        .collect())
-}
-
-pub fn load_rows(crew_call: &str) -> Result<Vec<DbRow>> {
     #[derive(Deserialize)]
     struct Row {
         t: String,
         l: String,
     }
-    let rows: Option<Vec<Row>> = query_json(
-        "SELECT jsonb_agg(jsonb_build_object('t', technician_id, 'l', flex_line_item_id))
-         FROM public.flex_crew_assignments WHERE crew_call_id = $1::uuid",
-        &[crew_call.into()],
-    )?;
-    Ok(rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect())
-}
-
-pub fn load_known_lines(element: &str) -> Result<HashMap<String, KnownLine>> {
     #[derive(Deserialize)]
-    struct Row {
+    struct Known {
         l: String,
         c: bool,
         r: Option<String>,
     }
-    let rows: Option<Vec<Row>> = query_json(
-        "SELECT jsonb_agg(jsonb_build_object('l', flex_line_item_id, 'c', created_by_sync, 'r', applied_role))
-         FROM flex_sync_private.lines WHERE flex_element_id = $1::uuid",
-        &[element.into()],
+    #[derive(Deserialize)]
+    struct Stored {
+        id: String,
+        element: String,
+        desired: Option<Vec<Desired>>,
+        rows: Option<Vec<Row>>,
+        known: Option<Vec<Known>>,
+        roles: Option<HashMap<String, String>>,
+    }
+    let stored: Option<Stored> = query_json(
+        "SELECT jsonb_build_object(
+             'id', c.id,
+             'element', c.flex_element_id,
+             'desired', (SELECT jsonb_agg(jsonb_build_object('t', d.technician_id, 'r', d.flex_resource_id, 'c', d.role_code))
+                         FROM flex_sync_desired_crew($1::uuid, $2) d),
+             'rows', (SELECT jsonb_agg(jsonb_build_object('t', a.technician_id, 'l', a.flex_line_item_id))
+                      FROM public.flex_crew_assignments a WHERE a.crew_call_id = c.id),
+             'known', (SELECT jsonb_agg(jsonb_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))
+                       FROM flex_sync_private.lines l WHERE l.flex_element_id = c.flex_element_id),
+             'roles', (SELECT jsonb_object_agg(b.tier, b.business_role_id)
+                       FROM flex_sync_business_roles b WHERE b.department = $2))
+         FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid AND lower(btrim(c.department)) = $2",
+        &[job.into(), department.into()],
     )?;
-    Ok(rows
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| (r.l, KnownLine { created_by_sync: r.c, applied_role: r.r }))
-        .collect())
-}
-
-pub fn load_roles(department: &str) -> Result<RoleMap> {
-    let rows: Option<HashMap<String, String>> = query_json(
-        "SELECT jsonb_object_agg(tier, business_role_id) FROM flex_sync_business_roles WHERE department = $1",
-        &[department.into()],
-    )?;
-    Ok(RoleMap(
-        rows.unwrap_or_default()
+    Ok(stored.map(|s| StoredCrew {
+        id: s.id,
+        flex_element_id: s.element,
+        desired: s
+            .desired
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
+            .map(|d| DesiredTech { technician_id: d.t, resource_id: d.r, role_code: d.c })
             .collect(),
-    ))
+        rows: s.rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect(),
+        known: s
+            .known
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| (k.l, KnownLine { created_by_sync: k.c, applied_role: k.r }))
+            .collect(),
+        roles: RoleMap(
+            s.roles
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
+                .collect(),
+        ),
+    }))
 }
 
 pub fn delete_rows_of_technicians(crew_call: &str, technicians: &[String]) -> Result<()> {

@@ -124,12 +124,13 @@ fn sync_department(
         report.note = Some("another sync of this crew call is running");
         false
     } else {
-        match store::load_crew_call(job, department)? {
+        // Read after the lock: a concurrent sync that held it has committed by now.
+        match store::load_crew(job, department)? {
             None => {
                 report.note = Some("no crew call mapping");
                 false
             }
-            Some(crew) => reconcile(client, &crew, job, department, &mut report, wait)?,
+            Some(crew) => reconcile(client, &crew, department, &mut report, wait)?,
         }
     };
     let flex_calls = client.calls_made() - calls_before;
@@ -188,31 +189,25 @@ fn sync_department(
 /// nothing was changed in Flex or in the database.
 fn reconcile(
     client: &FlexClient,
-    crew: &store::CrewCall,
-    job: &str,
+    crew: &store::StoredCrew,
     department: &str,
     report: &mut Report,
     wait: &dyn Fn(),
 ) -> Result<bool> {
     let element = crew.flex_element_id.as_str();
-    // Read after the lock: a concurrent sync that held it has committed by now.
-    let desired = store::load_desired(job, department)?;
-    let rows = store::load_rows(&crew.id)?;
-    let known = store::load_known_lines(element)?;
-    let roles = store::load_roles(department)?;
-    report.desired_count = desired.len();
-    report.current_count = rows.len();
+    report.desired_count = crew.desired.len();
+    report.current_count = crew.rows.len();
 
     let Some(listing) = list_crew(client, element, report, wait) else {
         return Ok(false);
     };
     let plan = plan(&CrewState {
         department,
-        desired: &desired,
-        rows: &rows,
+        desired: &crew.desired,
+        rows: &crew.rows,
         listing: &listing,
-        known: &known,
-        roles: &roles,
+        known: &crew.known,
+        roles: &crew.roles,
         orphan_policy: client.options().orphan_policy,
     });
     report.diagnostics = plan.diagnostics.clone();
