@@ -184,12 +184,19 @@ CREATE TABLE flex_dedupe_audit (
     crew_call_id      uuid NOT NULL,
     technician_id     uuid NOT NULL,
     flex_line_item_id text,
-    kept_row          jsonb NOT NULL,
+    -- The id of the row kept for the pair; the removed row whole.
+    kept_row_id       text,
     removed_row       jsonb NOT NULL
 );
 CREATE INDEX flex_dedupe_audit_batch_idx ON flex_dedupe_audit (batch_id);
 SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
 REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
+
+-- The first n elements of a JSON array: reports stay readable, the full lists live in tables.
+CREATE FUNCTION flex_sync_private.first_items(items jsonb, n integer)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(items) e LIMIT n) s $$;
 
 -- The DBA's cleanup of duplicate (crew_call_id, technician_id) rows left by the old races.
 -- Keeps per pair the oldest row by (created_at, id), NULL created_at last; copies every removed
@@ -202,6 +209,9 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
+-- One sort of the whole table and one index build: let them happen in memory.
+SET work_mem = '256MB'
+SET maintenance_work_mem = '256MB'
 AS $$
 DECLARE
     batch        uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
@@ -230,22 +240,25 @@ BEGIN
            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
     LIMIT 1;
 
-    -- Only pairs that have duplicates are sorted: a hash aggregate finds them, then the window
-    -- ranks the rows of those pairs alone. Rows are addressed by ctid, valid under the lock.
-    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    WITH dup_pairs AS (
-        SELECT crew_call_id, technician_id FROM public.flex_crew_assignments
-        GROUP BY crew_call_id, technician_id HAVING count(*) > 1
-    ), ranked AS (
-        SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id::text AS flex_line_item_id,
-               first_value(a.ctid) OVER w AS keeper_tid,
-               first_value(a.flex_line_item_id::text) OVER w AS keeper_line,
-               row_number() OVER w AS rn
+    -- One sort ranks every pair's rows; rows are addressed by ctid, stable under the lock. Then
+    -- the removed and kept rows are fetched by ctid (a TID scan each), so the table is read once.
+    CREATE TEMP TABLE flex_dedupe_ranked ON COMMIT DROP AS
+    SELECT tid, keeper_tid FROM (
+        SELECT a.ctid AS tid, first_value(a.ctid) OVER w AS keeper_tid, row_number() OVER w AS rn
         FROM public.flex_crew_assignments a
-        JOIN dup_pairs p USING (crew_call_id, technician_id)
         WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id)
-    )
-    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_tid, keeper_line FROM ranked WHERE rn > 1;
+    ) r
+    WHERE r.rn > 1;
+    PERFORM set_config('enable_hashjoin', 'off', true);
+    PERFORM set_config('enable_mergejoin', 'off', true);
+    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
+    SELECT r.tid, a.crew_call_id, a.technician_id, a.flex_line_item_id::text AS flex_line_item_id,
+           k.id::text AS keeper_id, k.flex_line_item_id::text AS keeper_line, to_jsonb(a) AS removed_row
+    FROM flex_dedupe_ranked r
+    JOIN public.flex_crew_assignments a ON a.ctid = r.tid
+    JOIN public.flex_crew_assignments k ON k.ctid = r.keeper_tid;
+    PERFORM set_config('enable_hashjoin', 'on', true);
+    PERFORM set_config('enable_mergejoin', 'on', true);
     ANALYZE flex_dedupe_doomed;
 
     SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
@@ -270,18 +283,16 @@ BEGIN
 
     IF dry_run THEN
         constraint_state := CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END;
-        DROP TABLE flex_dedupe_doomed;
+        DROP TABLE flex_dedupe_doomed, flex_dedupe_ranked;
         RETURN jsonb_build_object('dry_run', true, 'duplicate_groups', groups, 'rows_removed', 0,
                                   'rows_to_remove', doomed, 'constraint', constraint_state,
                                   'constraint_name', existing, 'audit_batch', NULL,
-                                  'orphaned_flex_lines', orphaned);
+                                  'orphaned_flex_line_count', jsonb_array_length(orphaned),
+                                  'orphaned_flex_lines', flex_sync_private.first_items(orphaned, 1000));
     END IF;
 
-    INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row, removed_row)
-    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id, to_jsonb(k), to_jsonb(a)
-    FROM flex_dedupe_doomed d
-    JOIN public.flex_crew_assignments a ON a.ctid = d.tid
-    JOIN public.flex_crew_assignments k ON k.ctid = d.keeper_tid;
+    INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row_id, removed_row)
+    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id, keeper_id, removed_row FROM flex_dedupe_doomed;
 
     DELETE FROM public.flex_crew_assignments a USING flex_dedupe_doomed d WHERE a.ctid = d.tid;
     GET DIAGNOSTICS removed = ROW_COUNT;
@@ -302,10 +313,12 @@ BEGIN
     ELSE
         constraint_state := 'existed';
     END IF;
-    DROP TABLE flex_dedupe_doomed;
+    DROP TABLE flex_dedupe_doomed, flex_dedupe_ranked;
     RETURN jsonb_build_object('dry_run', false, 'duplicate_groups', groups, 'rows_removed', removed,
                               'constraint', constraint_state, 'constraint_name', existing,
-                              'audit_batch', batch, 'orphaned_flex_lines', orphaned,
+                              'audit_batch', batch,
+                              'orphaned_flex_line_count', jsonb_array_length(orphaned),
+                              'orphaned_flex_lines', flex_sync_private.first_items(orphaned, 1000),
                               'flex_lines_marked_for_removal', marked);
 END
 $$;

@@ -59,15 +59,9 @@ impl FlexClient {
     /// `deadline` is when this sync must stop calling Flex.
     /// `rate_limited` starts the sync with Flex's hourly budget known to be spent.
     pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant, rate_limited: bool) -> FlexClient {
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_millis(options.connect_timeout_ms)))
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .user_agent("flex_sync/0.1")
-            .build();
         FlexClient {
             waited: std::cell::Cell::new(Duration::ZERO),
-            agent: config.into(),
+            agent: shared_agent(options.connect_timeout_ms),
             origin,
             token: token.into(),
             budget: Arc::new(SyncBudget {
@@ -243,6 +237,27 @@ pub struct Answer {
     pub outcome: Outcome,
     /// The outcome of the follow-up role call, when one was sent.
     pub role: Option<Outcome>,
+}
+
+/// One agent per backend and connect timeout: building one sets up TLS, and reusing it keeps
+/// connections to Flex alive from one sync to the next.
+fn shared_agent(connect_timeout_ms: u64) -> ureq::Agent {
+    static AGENT: Mutex<Option<(u64, ureq::Agent)>> = Mutex::new(None);
+    let mut cached = AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    match cached.as_ref() {
+        Some((timeout, agent)) if *timeout == connect_timeout_ms => agent.clone(),
+        _ => {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_connect(Some(Duration::from_millis(connect_timeout_ms)))
+                .max_redirects(0)
+                .http_status_as_error(false)
+                .user_agent("flex_sync/0.1")
+                .build()
+                .into();
+            *cached = Some((connect_timeout_ms, agent.clone()));
+            agent
+        }
+    }
 }
 
 struct Worker {
