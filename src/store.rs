@@ -16,6 +16,35 @@ use crate::error::FlexSyncError;
 
 type Result<T> = std::result::Result<T, FlexSyncError>;
 
+thread_local! {
+    /// Plans of the statements every sync runs, prepared once per backend (SPI_keepplan). The
+    /// plan cache revalidates them when the objects they use change.
+    static PREPARED: std::cell::RefCell<HashMap<&'static str, pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Like `first_value`, for the statements on a sync's hot path: planned once per backend.
+fn first_value_prepared<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &'static str,
+    args: &[DatumWithOid<'_>],
+) -> Result<Option<T>> {
+    let result = Spi::connect_mut(|client| {
+        PREPARED.with(|prepared| {
+            let mut prepared = prepared.borrow_mut();
+            if !prepared.contains_key(sql) {
+                let types: Vec<pgrx::pg_sys::PgOid> = args.iter().map(|a| a.oid().into()).collect();
+                prepared.insert(sql, client.prepare_mut(sql, &types)?.keep());
+            }
+            let statement = prepared.get(sql).expect("inserted above");
+            client.update(statement, Some(1), args)?.first().get_one::<T>()
+        })
+    });
+    match result {
+        Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
+        other => Ok(other?),
+    }
+}
+
 /// The single value of a one-row query; a query that found no row gives None.
 fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<Option<T>> {
     match Spi::get_one_with_args::<T>(sql, args) {
@@ -25,8 +54,15 @@ fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWit
 }
 
 fn query_json<T: DeserializeOwned>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<T> {
-    let value = first_value::<JsonB>(sql, args)?.map(|j| j.0).unwrap_or(Value::Null);
-    serde_json::from_value(value).map_err(|e| FlexSyncError::Decode(e.to_string()))
+    decode(first_value::<JsonB>(sql, args)?)
+}
+
+fn query_json_prepared<T: DeserializeOwned>(sql: &'static str, args: &[DatumWithOid<'_>]) -> Result<T> {
+    decode(first_value_prepared::<JsonB>(sql, args)?)
+}
+
+fn decode<T: DeserializeOwned>(value: Option<JsonB>) -> Result<T> {
+    serde_json::from_value(value.map(|j| j.0).unwrap_or(Value::Null)).map_err(|e| FlexSyncError::Decode(e.to_string()))
 }
 
 fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
@@ -181,7 +217,7 @@ pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> 
     } else {
         "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3))"
     };
-    Ok(Spi::get_one_with_args::<bool>(sql, &[ADVISORY_LOCK_CLASSID.into(), job.into(), department.into()])?
+    Ok(first_value_prepared::<bool>(sql, &[ADVISORY_LOCK_CLASSID.into(), job.into(), department.into()])?
         .unwrap_or(false))
 }
 
@@ -223,7 +259,7 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
         known: Option<Vec<Known>>,
         roles: Option<HashMap<String, String>>,
     }
-    let stored: Option<Stored> = query_json(
+    let stored: Option<Stored> = query_json_prepared(
         "SELECT jsonb_build_object(
              'id', c.id,
              'element', c.flex_element_id,
@@ -364,11 +400,12 @@ pub struct LogEntry<'a> {
 
 pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
     let [added, removed, kept, roles_set, failed, flex_calls] = entry.counts;
-    execute(
+    first_value_prepared::<bool>(
         "INSERT INTO flex_sync_log (job_id, department, started_at, duration_ms, added, removed, kept,
                                     roles_set, failed, flex_calls, status, errors, summary, triggered_by)
          VALUES ($1::uuid, $2, clock_timestamp() - make_interval(secs => $3 / 1000.0), $3, $4, $5, $6,
-                 $7, $8, $9, $10, $11, $12, $13)",
+                 $7, $8, $9, $10, $11, $12, $13)
+         RETURNING true",
         &[
             entry.job.into(),
             entry.department.into(),
@@ -384,5 +421,6 @@ pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
             JsonB(entry.summary).into(),
             entry.triggered_by.into(),
         ],
-    )
+    )?;
+    Ok(())
 }
