@@ -120,13 +120,22 @@ pub fn job_exists(job: &str) -> Result<bool> {
 }
 
 /// Department names a caller may pass: the standard ones and any that has a crew call.
-pub fn known_departments() -> Result<Vec<String>> {
-    query_json(
-        "SELECT jsonb_agg(DISTINCT d) FROM (
-             SELECT unnest($1::text[]) AS d
-             UNION SELECT lower(btrim(department)) FROM public.flex_crew_calls) s",
-        &[flex_sync_core::input::STANDARD_DEPARTMENTS.map(String::from).to_vec().into()],
-    )
+/// Of `candidates` (trimmed, lower-cased), those that are known: a standard department, or one
+/// some crew call uses. The table is read only for non-standard names, so the common call costs
+/// nothing however many crew calls there are.
+pub fn known_departments(candidates: &[String]) -> Result<Vec<String>> {
+    let standard = flex_sync_core::input::STANDARD_DEPARTMENTS;
+    let (mut known, others): (Vec<String>, Vec<String>) =
+        candidates.iter().cloned().partition(|c| standard.contains(&c.as_str()));
+    if !others.is_empty() {
+        let found: Option<Vec<String>> = query_json(
+            "SELECT jsonb_agg(DISTINCT d) FROM unnest($1::text[]) d
+             WHERE EXISTS (SELECT 1 FROM public.flex_crew_calls WHERE lower(btrim(department)) = d)",
+            &[others.into()],
+        )?;
+        known.extend(found.unwrap_or_default());
+    }
+    Ok(known)
 }
 
 pub fn departments_with_crew_calls(job: &str) -> Result<Vec<String>> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::FlexCall;
 use flex_sync_core::flex_response::{parse_added_line_id, parse_listing, CrewListing};
-use flex_sync_core::input::normalize_departments;
+use flex_sync_core::input::{department_key, normalize_departments};
 use flex_sync_core::plan::{plan, resolve_ambiguous_adds, Add, CrewState, DeleteReason};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
@@ -35,7 +35,10 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     store::check_isolation()?;
     store::check_application_schema()?;
     let departments = match &request.departments {
-        Some(list) => normalize_departments(list, &store::known_departments()?)?,
+        Some(list) => {
+            let candidates: Vec<String> = list.iter().flatten().map(|d| department_key(d)).collect();
+            normalize_departments(list, &store::known_departments(&candidates)?)?
+        }
         None => store::departments_with_crew_calls(&job)?,
     };
     if !store::job_exists(&job)? {

@@ -13,6 +13,11 @@ pub enum InputError {
     UnknownDepartment(String),
 }
 
+/// The form a department name is compared in: trimmed and lower-cased.
+pub fn department_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
 /// Trims and lower-cases the names, rejects unknown ones, collapses repeats and returns them in
 /// the one canonical order in which locks are taken (sorted), so two callers never deadlock.
 pub fn normalize_departments(
@@ -24,7 +29,7 @@ pub fn normalize_departments(
     }
     let mut out = Vec::with_capacity(requested.len());
     for name in requested {
-        let name = name.as_deref().ok_or(InputError::NullDepartment)?.trim().to_lowercase();
+        let name = department_key(name.as_deref().ok_or(InputError::NullDepartment)?);
         if !known.iter().any(|k| *k == name) {
             return Err(InputError::UnknownDepartment(name));
         }
