@@ -205,8 +205,8 @@ fn database_cost(b: &mut Bench) {
 /// flex_sync_pending over many dirty jobs: throughput and the backend's peak memory.
 fn queue_drain(b: &mut Bench) {
     b.line("\n## 4. flex_sync_pending draining dirty jobs (zero latency)\n");
-    b.line("| dirty jobs | jobs per minute | backend peak RSS (VmHWM) |");
-    b.line("|---|---|---|");
+    b.line("| dirty jobs | jobs per minute | backend peak RSS (VmHWM, shared buffers included) | peak private memory (RssAnon, sampled per call) |");
+    b.line("|---|---|---|---|");
     for n in [1_000usize, 10_000] {
         let (db, _sim, mut setup) = fresh("bench_queue", json!({}));
         setup.batch_execute("SELECT flex_sync_enable_queue()").unwrap();
@@ -226,21 +226,29 @@ fn queue_drain(b: &mut Bench) {
         // A backend of its own, so its peak memory is the drain's alone.
         let mut client = db.connect();
         let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let status_kib = |field: &str| -> u64 {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+                .unwrap_or(0)
+        };
         let started = Instant::now();
+        let mut peak_private = 0;
         loop {
             let text: String = client.query_one("SELECT flex_sync_pending()::text", &[]).unwrap().get(0);
+            peak_private = peak_private.max(status_kib("RssAnon:"));
             let report: Value = serde_json::from_str(&text).unwrap();
             if report["remaining"] == 0 || report["synced"] == 0 {
                 break;
             }
         }
         let elapsed = started.elapsed();
-        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
-            .map(|kb| format!("{} MiB", kb.parse::<u64>().unwrap_or(0) / 1024))
-            .unwrap_or_else(|| "n/a".into());
-        b.line(&format!("| {n} | {:.0} | {hwm} |", n as f64 / elapsed.as_secs_f64() * 60.0));
+        b.line(&format!(
+            "| {n} | {:.0} | {} MiB | {} MiB |",
+            n as f64 / elapsed.as_secs_f64() * 60.0,
+            status_kib("VmHWM:") / 1024,
+            peak_private / 1024
+        ));
     }
     b.line("\nDrained by repeated `flex_sync_pending()` calls with its defaults (50 items per call, as pg_cron would);");
     b.line("memory must not grow with the queue.");
