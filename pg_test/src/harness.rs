@@ -170,6 +170,23 @@ pub fn sync_concurrently(conninfo: &str, job: &str, n: usize) -> Vec<Value> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// A job's crew as the demo and the tests use it: six sound and six lights technicians, with
+/// role codes of every tier and one without a role (synced through its profile department).
+pub const SAMPLE_CREW: [(&str, &str); 12] = [
+    ("sound", "SND-FOH-R"),
+    ("sound", "SND-MON-E"),
+    ("sound", "SND-RF-E"),
+    ("sound", "SND-PA-T"),
+    ("sound", "SND-PA-T"),
+    ("sound", ""),
+    ("lights", "LGT-BRD-R"),
+    ("lights", "LGT-SYS-E"),
+    ("lights", "LGT-FOLO-E"),
+    ("lights", "LGT-PA-T"),
+    ("lights", "LGT-PA-T"),
+    ("lights", ""),
+];
+
 pub struct Technician {
     pub id: String,
     pub resource: String,

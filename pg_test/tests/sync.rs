@@ -3,27 +3,9 @@
 use flex_sync_pg_test::harness::*;
 use serde_json::json;
 
-const SOUND_CREW: [(&str, &str); 6] = [
-    ("sound", "SND-FOH-R"),
-    ("sound", "SND-MON-E"),
-    ("sound", "SND-RF-E"),
-    ("sound", "SND-PA-T"),
-    ("sound", "SND-PA-T"),
-    ("sound", ""),
-];
-const LIGHTS_CREW: [(&str, &str); 6] = [
-    ("lights", "LGT-BRD-R"),
-    ("lights", "LGT-SYS-E"),
-    ("lights", "LGT-FOLO-E"),
-    ("lights", "LGT-PA-T"),
-    ("lights", "LGT-PA-T"),
-    ("lights", ""),
-];
-
 fn setup(test: &str) -> (TestDb, Sim, Job) {
     let (db, sim, mut client) = rig(test, json!({}));
-    let crew: Vec<(&str, &str)> = SOUND_CREW.iter().chain(LIGHTS_CREW.iter()).copied().collect();
-    let job = create_job(&mut client, &["sound", "lights"], &crew);
+    let job = create_job(&mut client, &["sound", "lights"], &SAMPLE_CREW);
     (db, sim, job)
 }
 

@@ -6,21 +6,6 @@
 use flex_sync_pg_test::harness::*;
 use serde_json::{json, Value};
 
-const CREW: [(&str, &str); 12] = [
-    ("sound", "SND-FOH-R"),
-    ("sound", "SND-MON-E"),
-    ("sound", "SND-RF-E"),
-    ("sound", "SND-SYS-E"),
-    ("sound", "SND-PA-T"),
-    ("sound", "SND-PA-T"),
-    ("lights", "LGT-BRD-R"),
-    ("lights", "LGT-SYS-E"),
-    ("lights", "LGT-FOLO-E"),
-    ("lights", "LGT-PA-T"),
-    ("lights", "LGT-PA-T"),
-    ("lights", ""),
-];
-
 fn print_summary(label: &str, result: &Value) {
     println!("\n== {label}: ok = {}", result["ok"]);
     for (dept, s) in result["summary"].as_object().unwrap() {
@@ -35,8 +20,8 @@ fn print_summary(label: &str, result: &Value) {
 
 fn main() {
     let (db, sim, mut client) = rig("demo", json!({"max_parallel_requests": 4}));
-    let job = create_job(&mut client, &["sound", "lights"], &CREW);
-    println!("flex_sync demo: job {} with {} technicians; Flex simulator at {}", job.id, CREW.len(), sim.server.base_url());
+    let job = create_job(&mut client, &["sound", "lights"], &SAMPLE_CREW);
+    println!("flex_sync demo: job {} with {} technicians; Flex simulator at {}", job.id, SAMPLE_CREW.len(), sim.server.base_url());
 
     let first_two = sync_concurrently(&db.conninfo, &job.id, 2);
     print_summary("sync A (started together with B)", &first_two[0]);
