@@ -164,13 +164,15 @@ fn the_hourly_budget_answers_the_observed_429() {
 #[test]
 fn more_than_thirty_requests_in_flight_are_refused() {
     let sim = Sim::start();
-    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1500}]));
+    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 3000}]));
     let base = format!("http://{}", sim.server.addr);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(36));
     let handles: Vec<_> = (0..36)
         .map(|_| {
-            let base = base.clone();
+            let (base, barrier) = (base.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                barrier.wait();
                 agent
                     .get(&format!("{base}/f5/api/line-item/el/row-data/?codeList=contact"))
                     .header("X-Auth-Token", SIM_TOKEN)
