@@ -47,20 +47,23 @@ pub enum SettingsError {
     #[error("unknown option {0:?}")]
     UnknownOption(String),
     #[error("option {key:?} must be {expected}")]
-    BadValue { key: String, expected: &'static str },
+    BadValue { key: String, expected: String },
     #[error("base_url {url:?} is not usable: {why}")]
     BadUrl { url: String, why: &'static str },
 }
 
-/// (key, range) of every integer option, the one list that parsing and the error text share.
-const INTEGER_OPTIONS: [(&str, u64, u64); 7] = [
-    ("connect_timeout_ms", 1, 600_000),
-    ("request_timeout_ms", 1, 3_600_000),
-    ("sync_deadline_ms", 1, 3_600_000),
-    ("max_response_bytes", 1_024, 1 << 30),
-    ("max_calls_per_sync", 1, 100_000),
-    ("max_parallel_requests", 1, FLEX_MAX_CONCURRENT_REQUESTS),
-    ("retry_max_attempts", 1, 10),
+/// Every integer option: its key, its range and its field. Parsing, the error text and
+/// `to_json` all read this one table.
+type Field = fn(&mut Options) -> &mut u64;
+const INTEGER_OPTIONS: [(&str, u64, u64, Field); 7] = [
+    ("connect_timeout_ms", 1, 600_000, |o| &mut o.connect_timeout_ms),
+    ("request_timeout_ms", 1, 3_600_000, |o| &mut o.request_timeout_ms),
+    ("sync_deadline_ms", 1, 3_600_000, |o| &mut o.sync_deadline_ms),
+    ("max_response_bytes", 1_024, 1 << 30, |o| &mut o.max_response_bytes),
+    ("max_calls_per_sync", 1, 100_000, |o| &mut o.max_calls_per_sync),
+    // Flex allows a customer 30 requests in flight.
+    ("max_parallel_requests", 1, FLEX_MAX_CONCURRENT_REQUESTS, |o| &mut o.max_parallel_requests),
+    ("retry_max_attempts", 1, 10, |o| &mut o.retry_max_attempts),
 ];
 
 impl Options {
@@ -69,11 +72,11 @@ impl Options {
         let object = changes.as_object().ok_or(SettingsError::NotAnObject)?;
         let mut out = self.clone();
         for (key, value) in object {
-            if let Some(&(_, lo, hi)) = INTEGER_OPTIONS.iter().find(|(k, _, _)| k == key) {
+            if let Some(&(_, lo, hi, field)) = INTEGER_OPTIONS.iter().find(|(k, ..)| k == key) {
                 let n = value.as_u64().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| {
-                    SettingsError::BadValue { key: key.clone(), expected: integer_expectation(key) }
+                    SettingsError::BadValue { key: key.clone(), expected: format!("an integer from {lo} to {hi}") }
                 })?;
-                *out.integer_mut(key) = n;
+                *field(&mut out) = n;
                 continue;
             }
             match key.as_str() {
@@ -84,7 +87,7 @@ impl Options {
                         _ => {
                             return Err(SettingsError::BadValue {
                                 key: key.clone(),
-                                expected: "\"prune\" or \"keep\"",
+                                expected: "\"prune\" or \"keep\"".into(),
                             })
                         }
                     }
@@ -92,7 +95,7 @@ impl Options {
                 "allow_insecure_loopback" => {
                     out.allow_insecure_loopback = value
                         .as_bool()
-                        .ok_or(SettingsError::BadValue { key: key.clone(), expected: "a boolean" })?
+                        .ok_or_else(|| SettingsError::BadValue { key: key.clone(), expected: "a boolean".into() })?
                 }
                 _ => return Err(SettingsError::UnknownOption(key.clone())),
             }
@@ -100,27 +103,11 @@ impl Options {
         Ok(out)
     }
 
-    fn integer(&self, key: &str) -> u64 {
-        *self.clone().integer_mut(key)
-    }
-
-    fn integer_mut(&mut self, key: &str) -> &mut u64 {
-        match key {
-            "connect_timeout_ms" => &mut self.connect_timeout_ms,
-            "request_timeout_ms" => &mut self.request_timeout_ms,
-            "sync_deadline_ms" => &mut self.sync_deadline_ms,
-            "max_response_bytes" => &mut self.max_response_bytes,
-            "max_calls_per_sync" => &mut self.max_calls_per_sync,
-            "max_parallel_requests" => &mut self.max_parallel_requests,
-            "retry_max_attempts" => &mut self.retry_max_attempts,
-            _ => unreachable!("INTEGER_OPTIONS and integer_mut list the same keys"),
-        }
-    }
-
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
-        for (key, _, _) in INTEGER_OPTIONS {
-            map.insert(key.to_string(), Value::from(self.integer(key)));
+        let mut fields = self.clone();
+        for (key, _, _, field) in INTEGER_OPTIONS {
+            map.insert(key.to_string(), Value::from(*field(&mut fields)));
         }
         let policy = match self.orphan_policy {
             OrphanPolicy::Prune => "prune",
@@ -129,17 +116,6 @@ impl Options {
         map.insert("orphan_policy".into(), Value::from(policy));
         map.insert("allow_insecure_loopback".into(), Value::from(self.allow_insecure_loopback));
         Value::Object(map)
-    }
-}
-
-fn integer_expectation(key: &str) -> &'static str {
-    match key {
-        "connect_timeout_ms" => "an integer from 1 to 600000",
-        "max_response_bytes" => "an integer from 1024 to 1073741824",
-        "max_calls_per_sync" => "an integer from 1 to 100000",
-        "max_parallel_requests" => "an integer from 1 to 30 (Flex allows 30 requests in flight)",
-        "retry_max_attempts" => "an integer from 1 to 10",
-        _ => "an integer from 1 to 3600000",
     }
 }
 
