@@ -141,7 +141,7 @@ fn sync_department(
     let duration_ms = started.elapsed().as_millis() as i32;
     // Everything but waiting for the lock and for Flex: the database-side cost of the sync.
     let own_work_us = started.elapsed().saturating_sub(lock_wait + (client.time_waited() - waited_before)).as_micros() as u64;
-    let summary = json!({
+    let mut summary = json!({
         "status": status,
         "added": report.added,
         "removed": report.removed,
@@ -160,14 +160,9 @@ fn sync_department(
         "errors": report.errors,
         "business_role_diagnostics": report.diagnostics,
     });
-    let summary = match report.note {
-        Some(note) => {
-            let mut s = summary;
-            s["note"] = json!(note);
-            s
-        }
-        None => summary,
-    };
+    if let Some(note) = report.note {
+        summary["note"] = json!(note);
+    }
     store::insert_log(LogEntry {
         job,
         department,
@@ -201,8 +196,12 @@ fn reconcile(
     report.desired_count = crew.desired.len();
     report.current_count = crew.rows.len();
 
-    let Some(listing) = list_crew(client, element, report, wait) else {
-        return Ok(false);
+    let listing = match list_crew(client, element, wait) {
+        Ok(listing) => listing,
+        Err(code) => {
+            report.error(&code, "listing the crew call failed; nothing was changed".to_string());
+            return Ok(false);
+        }
     };
     let plan = plan(&CrewState {
         department,
@@ -274,10 +273,9 @@ fn reconcile(
     let mut records: Vec<LineRecord> = Vec::new();
     for (role, outcome) in plan.role_sets.iter().zip(role_outcomes) {
         if role_applied(report, &outcome, format!("business role of line {} not set", role.line_id)) {
-            let resource = listing.contacts.iter().find(|c| c.line_id == role.line_id).map(|c| c.resource_id.clone());
             records.push(LineRecord {
                 line_id: role.line_id.clone(),
-                resource_id: resource.unwrap_or_default(),
+                resource_id: role.resource_id.clone(),
                 created_by_sync: false,
                 applied_role: Some(role.role_id.clone()),
             });
@@ -369,19 +367,11 @@ fn per_line_delete_outcomes(client: &FlexClient, lines: &[String], outcomes: Vec
     }
 }
 
-fn list_crew(client: &FlexClient, element: &str, report: &mut Report, wait: &dyn Fn()) -> Option<CrewListing> {
+/// The crew call's listing, or the error code why there is none.
+fn list_crew(client: &FlexClient, element: &str, wait: &dyn Fn()) -> std::result::Result<CrewListing, String> {
     match client.call(FlexCall::ListCrew { element: element.to_string() }, wait) {
-        Outcome::Success(body) => match parse_listing(&body) {
-            Ok(listing) => Some(listing),
-            Err(e) => {
-                report.error("flex_bad_listing", e.to_string());
-                None
-            }
-        },
-        Outcome::Failure(f) => {
-            report.error(&f.code, "listing the crew call failed; nothing was changed".to_string());
-            None
-        }
+        Outcome::Success(body) => parse_listing(&body).map_err(|_| "flex_bad_listing".to_string()),
+        Outcome::Failure(f) => Err(f.code),
     }
 }
 
@@ -417,8 +407,7 @@ fn settle_adds<'a>(
     if ambiguous.is_empty() {
         return added;
     }
-    let mut relist_report = Report::default();
-    let Some(listing) = list_crew(client, element, &mut relist_report, wait) else {
+    let Ok(listing) = list_crew(client, element, wait) else {
         for add in ambiguous {
             report.failed_adds += 1;
             report.error(

@@ -68,6 +68,8 @@ pub struct Delete {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleSet {
     pub line_id: String,
+    /// The contact's resource, for the record of the applied role.
+    pub resource_id: String,
     pub role_id: String,
 }
 
@@ -171,7 +173,11 @@ pub fn plan(state: &CrewState<'_>) -> Plan {
                         .as_deref()
                         .or_else(|| state.known.get(&contact.line_id).and_then(|k| k.applied_role.as_deref()));
                     if applied != Some(role_id.as_str()) {
-                        plan.role_sets.push(RoleSet { line_id: contact.line_id.clone(), role_id });
+                        plan.role_sets.push(RoleSet {
+                            line_id: contact.line_id.clone(),
+                            resource_id: contact.resource_id.clone(),
+                            role_id,
+                        });
                     }
                 }
             }
@@ -386,7 +392,10 @@ mod tests {
         let rows = [row("t1", "l1"), row("t2", "l2"), row("t3", "l3")];
         let contacts = vec![contact("l1", "r1", Some("ROLE-T")), contact("l2", "r2", None), contact("l3", "r3", None)];
         let p = run(&desired, &rows, contacts, &known, OrphanPolicy::Prune);
-        assert_eq!(p.role_sets, vec![RoleSet { line_id: "l1".into(), role_id: "ROLE-R".into() }]);
+        assert_eq!(
+            p.role_sets,
+            vec![RoleSet { line_id: "l1".into(), resource_id: "r1".into(), role_id: "ROLE-R".into() }]
+        );
         assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
         assert!(p.diagnostics[0].starts_with("tech t3"));
     }
