@@ -74,16 +74,6 @@ pub fn authorize() -> Result<()> {
     Ok(Spi::run("SELECT flex_sync_authorize()")?)
 }
 
-/// REPEATABLE READ and SERIALIZABLE transactions keep the snapshot they took before the lock, so
-/// they would reconcile against stale rows.
-pub fn check_isolation() -> Result<()> {
-    let level = Spi::get_one::<String>("SELECT current_setting('transaction_isolation')")?.unwrap_or_default();
-    match level.as_str() {
-        "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(level.to_uppercase())),
-        _ => Ok(()),
-    }
-}
-
 /// The application tables exist and `flex_crew_assignments` has a unique constraint or unique
 /// index on exactly (crew_call_id, technician_id), whatever its name: ON CONFLICT needs it.
 pub fn check_application_schema() -> Result<()> {
@@ -114,12 +104,6 @@ pub fn check_application_schema() -> Result<()> {
     }
 }
 
-pub fn job_exists(job: &str) -> Result<bool> {
-    Ok(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid)", &[job.into()])?
-        .unwrap_or(false))
-}
-
-/// Department names a caller may pass: the standard ones and any that has a crew call.
 /// Of `candidates` (trimmed, lower-cased), those that are known: a standard department, or one
 /// some crew call uses. The table is read only for non-standard names, so the common call costs
 /// nothing however many crew calls there are.
@@ -198,24 +182,40 @@ pub fn note_rate_limited() -> Result<()> {
     )
 }
 
-pub fn rate_limited_now() -> Result<bool> {
-    Ok(first_value::<bool>("SELECT rate_limited_until > now() FROM flex_sync_private.flex_state", &[])?.unwrap_or(false))
-}
-
-/// Milliseconds left before `statement_timeout` ends this statement, or None without a timeout.
-pub fn statement_time_left_ms() -> Result<Option<i64>> {
-    Ok(Spi::get_one::<i64>(
-        "SELECT CASE WHEN current_setting('statement_timeout') IN ('0', '0ms') THEN NULL
-                ELSE (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000
-                      - extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
-                END",
-    )?)
-}
-
 /// Namespace of flex_sync's advisory locks: the two-int form `(classid, objid)` with this classid
 /// ('FLXS'). Applications that use the one-bigint form can never collide with it (Postgres keeps
 /// the two forms apart); objid is `hashtext(job_id || '/' || department)`, so two crew calls may
 /// share a lock and merely serialize.
+/// What a call needs to know about its session before it starts, read in one statement.
+#[derive(Deserialize)]
+pub struct CallContext {
+    pub isolation: String,
+    pub job_exists: bool,
+    /// The database role that called, as PostgREST sets it (`SET LOCAL ROLE`), and the JWT
+    /// subject.
+    pub caller: String,
+    /// Milliseconds left before `statement_timeout` ends this statement; None without one.
+    pub time_left_ms: Option<i64>,
+    /// Whether a recent sync found Flex's hourly budget spent (see `note_rate_limited`).
+    pub rate_limited: bool,
+}
+
+pub fn call_context(job: &str) -> Result<CallContext> {
+    query_json_prepared(
+        "SELECT jsonb_build_object(
+             'isolation', current_setting('transaction_isolation'),
+             'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
+             'caller', coalesce(nullif(current_setting('role'), 'none'), session_user::text)
+                       || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), ''),
+             'time_left_ms', CASE WHEN current_setting('statement_timeout') IN ('0', '0ms') THEN NULL
+                             ELSE (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000
+                                   - extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
+                             END,
+             'rate_limited', coalesce((SELECT rate_limited_until > now() FROM flex_sync_private.flex_state), false))",
+        &[job.into()],
+    )
+}
+
 pub const ADVISORY_LOCK_CLASSID: i32 = 0x464C_5853;
 
 /// Takes the transaction-scoped lock of one (job, department); with `wait` false, returns false
@@ -385,15 +385,6 @@ pub fn forget_lines(lines: &[String]) -> Result<()> {
         "DELETE FROM flex_sync_private.lines WHERE flex_line_item_id = ANY ($1::text[])",
         &[lines.to_vec().into()],
     )
-}
-
-/// The database role that called, as PostgREST sets it (`SET LOCAL ROLE`), and the JWT subject.
-pub fn caller_identity() -> Result<String> {
-    Ok(Spi::get_one::<String>(
-        "SELECT coalesce(nullif(current_setting('role'), 'none'), session_user::text)
-                || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '')",
-    )?
-    .unwrap_or_default())
 }
 
 pub struct LogEntry<'a> {

@@ -32,8 +32,12 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     // Everything that can reject the call happens before the first Flex request (I5).
     store::authorize()?;
     let job = request.job.ok_or(FlexSyncError::NullJob)?;
-    store::check_isolation()?;
     store::check_application_schema()?;
+    let context = store::call_context(&job)?;
+    // These keep the snapshot they took before the lock, so they would reconcile stale rows.
+    if matches!(context.isolation.as_str(), "repeatable read" | "serializable") {
+        return Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase()));
+    }
     let departments = match &request.departments {
         Some(list) => {
             let candidates: Vec<String> = list.iter().flatten().map(|d| department_key(d)).collect();
@@ -41,11 +45,11 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
         }
         None => store::departments_with_crew_calls(&job)?,
     };
-    if !store::job_exists(&job)? {
+    if !context.job_exists {
         return Err(FlexSyncError::UnknownJob(job));
     }
-    let client = configured_client()?;
-    let triggered_by = store::caller_identity()?;
+    let client = configured_client(&context)?;
+    let triggered_by = context.caller;
 
     let was_rate_limited = client.is_rate_limited();
     let mut summary = Map::new();
@@ -61,16 +65,16 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     Ok(json!({"ok": ok, "job_id": job, "summary": summary}))
 }
 
-fn configured_client() -> Result<FlexClient> {
+fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
     let settings = store::load_settings()?.ok_or(FlexSyncError::NotConfigured)?;
     let options = Options::default().merged(&settings.options)?;
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
     let token = settings.api_token.filter(|t| !t.is_empty()).ok_or(FlexSyncError::NoToken)?;
     let mut budget = Duration::from_millis(options.sync_deadline_ms);
-    if let Some(left) = store::statement_time_left_ms()? {
+    if let Some(left) = context.time_left_ms {
         budget = budget.min(Duration::from_millis(left.max(0) as u64).saturating_sub(WRITE_MARGIN));
     }
-    Ok(FlexClient::new(origin, token, options, Instant::now() + budget, store::rate_limited_now()?))
+    Ok(FlexClient::new(origin, token, options, Instant::now() + budget, context.rate_limited))
 }
 
 /// The per-department report, built as the sync goes and turned into the summary and log row.
