@@ -35,7 +35,7 @@ impl Failure {
     }
 }
 
-/// Shared by the workers of one sync: the call counter, the deadline, the budget flag.
+/// What the workers of one sync count and obey together: calls, the deadline, the budget flag.
 struct SyncBudget {
     calls: AtomicU64,
     max_calls: u64,
@@ -48,39 +48,36 @@ struct SyncBudget {
 pub struct FlexClient {
     /// Time this backend spent waiting for Flex answers, for the summary's own-work figure.
     waited: std::cell::Cell<Duration>,
-    agent: ureq::Agent,
-    origin: FlexOrigin,
-    token: Arc<str>,
-    options: Options,
-    budget: Arc<SyncBudget>,
+    /// Everything the worker threads need, shared with them.
+    worker: Arc<Worker>,
 }
 
 impl FlexClient {
     /// `deadline` is when this sync must stop calling Flex.
     /// `rate_limited` starts the sync with Flex's hourly budget known to be spent.
     pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant, rate_limited: bool) -> FlexClient {
-        FlexClient {
-            waited: std::cell::Cell::new(Duration::ZERO),
+        let worker = Worker {
             agent: shared_agent(options.connect_timeout_ms),
             origin,
-            token: token.into(),
-            budget: Arc::new(SyncBudget {
+            token,
+            budget: SyncBudget {
                 calls: AtomicU64::new(0),
                 max_calls: options.max_calls_per_sync,
                 deadline,
                 rate_limited: AtomicBool::new(rate_limited),
                 destination_public: OnceLock::new(),
-            }),
+            },
             options,
-        }
+        };
+        FlexClient { waited: std::cell::Cell::new(Duration::ZERO), worker: Arc::new(worker) }
     }
 
     pub fn options(&self) -> &Options {
-        &self.options
+        &self.worker.options
     }
 
     pub fn is_rate_limited(&self) -> bool {
-        self.budget.rate_limited.load(Ordering::SeqCst)
+        self.worker.budget.rate_limited.load(Ordering::SeqCst)
     }
 
     pub fn time_waited(&self) -> Duration {
@@ -89,7 +86,7 @@ impl FlexClient {
 
     /// Requests sent so far in this sync, retries included.
     pub fn calls_made(&self) -> u64 {
-        self.budget.calls.load(Ordering::SeqCst)
+        self.worker.budget.calls.load(Ordering::SeqCst)
     }
 
     pub fn call(&self, call: FlexCall, wait: &dyn Fn()) -> Outcome {
@@ -117,15 +114,9 @@ impl FlexClient {
             .collect();
         let queue = Arc::new(WorkQueue { state: Mutex::new((tasks, total)), ready: Condvar::new() });
         let (tx, rx) = mpsc::channel::<Message>();
-        let workers = (self.options.max_parallel_requests as usize).clamp(1, total);
+        let workers = (self.worker.options.max_parallel_requests as usize).clamp(1, total);
         for _ in 0..workers {
-            let worker = Worker {
-                agent: self.agent.clone(),
-                origin: self.origin.clone(),
-                token: Arc::clone(&self.token),
-                options: self.options.clone(),
-                budget: Arc::clone(&self.budget),
-            };
+            let worker = Arc::clone(&self.worker);
             let (queue, tx) = (Arc::clone(&queue), tx.clone());
             std::thread::spawn(move || {
                 while let Some(task) = queue.take() {
@@ -263,9 +254,9 @@ fn shared_agent(connect_timeout_ms: u64) -> ureq::Agent {
 struct Worker {
     agent: ureq::Agent,
     origin: FlexOrigin,
-    token: Arc<str>,
+    token: String,
     options: Options,
-    budget: Arc<SyncBudget>,
+    budget: SyncBudget,
 }
 
 impl Worker {
@@ -388,7 +379,7 @@ impl Worker {
     }
 
     fn with_headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        request.header("X-Auth-Token", &*self.token).header("Accept", "application/json")
+        request.header("X-Auth-Token", &self.token).header("Accept", "application/json")
     }
 }
 
