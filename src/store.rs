@@ -39,15 +39,16 @@ fn first_value_prepared<T: pgrx::FromDatum + pgrx::IntoDatum>(
             client.update(statement, Some(1), args)?.first().get_one::<T>()
         })
     });
-    match result {
-        Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
-        other => Ok(other?),
-    }
+    no_row_is_none(result)
 }
 
 /// The single value of a one-row query; a query that found no row gives None.
 fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<Option<T>> {
-    match Spi::get_one_with_args::<T>(sql, args) {
+    no_row_is_none(Spi::get_one_with_args::<T>(sql, args))
+}
+
+fn no_row_is_none<T>(result: pgrx::spi::Result<Option<T>>) -> Result<Option<T>> {
+    match result {
         Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
         other => Ok(other?),
     }
