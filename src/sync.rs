@@ -85,7 +85,6 @@ struct Report {
     kept: usize,
     roles_set: usize,
     failed_adds: usize,
-    failed: usize,
     adopted: usize,
     stale_removed: usize,
     duplicates_removed: usize,
@@ -99,7 +98,6 @@ struct Report {
 
 impl Report {
     fn error(&mut self, code: &str, what: String) {
-        self.failed += 1;
         self.errors.push(format!("{code}: {what}"));
     }
 
@@ -176,7 +174,7 @@ fn sync_department(
             report.removed as i32,
             report.kept as i32,
             report.roles_set as i32,
-            report.failed as i32,
+            report.errors.len() as i32,
             flex_calls as i32,
         ],
         status,
