@@ -1,4 +1,4 @@
--- flex_sync 0.1.0: the extension's own tables and its SQL-level functions.
+-- flex_sync: the extension's own tables and its SQL-level functions.
 -- Application tables (jobs, profiles, job_assignments, flex_crew_calls, flex_crew_assignments)
 -- are not created here: they belong to the application, see flex_sync_install_reference_schema().
 
@@ -209,9 +209,13 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
--- One sort of the whole table and one index build: let them happen in memory.
+-- One sort of the whole table and one index build: in memory, the sort split across parallel
+-- workers (the default costs keep a sort this size serial), and no JIT compilation.
 SET work_mem = '256MB'
 SET maintenance_work_mem = '256MB'
+SET parallel_setup_cost = 100
+SET parallel_tuple_cost = 0.01
+SET jit = off
 AS $$
 DECLARE
     batch        uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
@@ -219,7 +223,8 @@ DECLARE
     groups       bigint;
     doomed       bigint;
     removed      bigint := 0;
-    orphaned     jsonb;
+    orphan_count bigint;
+    orphan_sample jsonb;
     marked       bigint := 0;
     constraint_state text;
 BEGIN
@@ -240,68 +245,63 @@ BEGIN
            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
     LIMIT 1;
 
-    -- One sort ranks every pair's rows; rows are addressed by ctid, stable under the lock. Then
-    -- the removed and kept rows are fetched by ctid (a TID scan each), so the table is read once.
-    CREATE TEMP TABLE flex_dedupe_ranked ON COMMIT DROP AS
-    SELECT tid, keeper_tid FROM (
-        SELECT a.ctid AS tid, first_value(a.ctid) OVER w AS keeper_tid, row_number() OVER w AS rn
+    -- One sort ranks every pair's rows and names each removed row's keeper. Rows are addressed
+    -- by ctid, stable under the lock, so the delete fetches exactly them (one TID scan).
+    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
+    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_id, keeper_line FROM (
+        SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id,
+               first_value(a.id) OVER w AS keeper_id, first_value(a.flex_line_item_id) OVER w AS keeper_line,
+               row_number() OVER w AS rn
         FROM public.flex_crew_assignments a
         WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id)
     ) r
     WHERE r.rn > 1;
-    PERFORM set_config('enable_hashjoin', 'off', true);
-    PERFORM set_config('enable_mergejoin', 'off', true);
-    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    SELECT r.tid, a.crew_call_id, a.technician_id, a.flex_line_item_id::text AS flex_line_item_id,
-           k.id::text AS keeper_id, k.flex_line_item_id::text AS keeper_line, to_jsonb(a) AS removed_row
-    FROM flex_dedupe_ranked r
-    JOIN public.flex_crew_assignments a ON a.ctid = r.tid
-    JOIN public.flex_crew_assignments k ON k.ctid = r.keeper_tid;
-    PERFORM set_config('enable_hashjoin', 'on', true);
-    PERFORM set_config('enable_mergejoin', 'on', true);
-    ANALYZE flex_dedupe_doomed;
-
     SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
 
     -- Line ids only removed rows referenced: Flex contacts no row will account for any more.
-    WITH doomed_lines AS (
-        SELECT DISTINCT d.crew_call_id, d.flex_line_item_id FROM flex_dedupe_doomed d
-        WHERE d.flex_line_item_id IS NOT NULL AND d.flex_line_item_id IS DISTINCT FROM d.keeper_line
-    ), still_referenced AS (
-        SELECT DISTINCT a.flex_line_item_id::text AS line
-        FROM public.flex_crew_assignments a
-        WHERE a.flex_line_item_id::text IN (SELECT flex_line_item_id FROM doomed_lines)
-          AND NOT EXISTS (SELECT 1 FROM flex_dedupe_doomed d WHERE d.tid = a.ctid)
-    )
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'crew_call_id', l.crew_call_id, 'flex_element_id', c.flex_element_id,
-               'flex_line_item_id', l.flex_line_item_id)), '[]')
-    INTO orphaned
-    FROM doomed_lines l
-    JOIN public.flex_crew_calls c ON c.id = l.crew_call_id
-    WHERE NOT EXISTS (SELECT 1 FROM still_referenced s WHERE s.line = l.flex_line_item_id);
+    -- Compared in the column's own type, so the scan of the table hashes no text.
+    CREATE TEMP TABLE flex_dedupe_orphans ON COMMIT DROP AS
+    SELECT DISTINCT d.crew_call_id, d.flex_line_item_id
+    FROM flex_dedupe_doomed d
+    WHERE d.flex_line_item_id IS NOT NULL AND d.flex_line_item_id IS DISTINCT FROM d.keeper_line
+      AND d.flex_line_item_id NOT IN (
+          SELECT a.flex_line_item_id FROM public.flex_crew_assignments a
+          WHERE a.flex_line_item_id IN (SELECT flex_line_item_id FROM flex_dedupe_doomed)
+            AND a.ctid NOT IN (SELECT tid FROM flex_dedupe_doomed));
+    SELECT count(*) INTO orphan_count FROM flex_dedupe_orphans;
+    SELECT coalesce(jsonb_agg(o), '[]') INTO orphan_sample FROM (
+        SELECT o.crew_call_id, c.flex_element_id, o.flex_line_item_id::text AS flex_line_item_id
+        FROM flex_dedupe_orphans o JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
+        ORDER BY o.crew_call_id, o.flex_line_item_id
+        LIMIT 1000) o;
 
     IF dry_run THEN
-        constraint_state := CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END;
-        DROP TABLE flex_dedupe_doomed, flex_dedupe_ranked;
+        DROP TABLE flex_dedupe_doomed, flex_dedupe_orphans;
         RETURN jsonb_build_object('dry_run', true, 'duplicate_groups', groups, 'rows_removed', 0,
-                                  'rows_to_remove', doomed, 'constraint', constraint_state,
+                                  'rows_to_remove', doomed,
+                                  'constraint', CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END,
                                   'constraint_name', existing, 'audit_batch', NULL,
-                                  'orphaned_flex_line_count', jsonb_array_length(orphaned),
-                                  'orphaned_flex_lines', flex_sync_private.first_items(orphaned, 1000));
+                                  'orphaned_flex_line_count', orphan_count,
+                                  'orphaned_flex_lines', orphan_sample);
     END IF;
 
+    -- The audit copy is the deleted row itself, as the delete returns it.
+    WITH gone AS (
+        DELETE FROM public.flex_crew_assignments a
+        WHERE a.ctid = ANY (ARRAY(SELECT tid FROM flex_dedupe_doomed))
+        RETURNING a.ctid AS tid, to_jsonb(a) AS removed_row
+    )
     INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row_id, removed_row)
-    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id, keeper_id, removed_row FROM flex_dedupe_doomed;
-
-    DELETE FROM public.flex_crew_assignments a USING flex_dedupe_doomed d WHERE a.ctid = d.tid;
+    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id::text, d.keeper_id::text, g.removed_row
+    FROM gone g JOIN flex_dedupe_doomed d USING (tid);
     GET DIAGNOSTICS removed = ROW_COUNT;
 
     -- Marked as the sync's own, so the next flex_sync_job removes these contacts in Flex even
-    -- under orphan_policy 'keep'.
+    -- under orphan_policy 'keep'. In key order: the index pages fill one after another.
     INSERT INTO flex_sync_private.lines (flex_line_item_id, flex_element_id, resource_id, created_by_sync)
-    SELECT o ->> 'flex_line_item_id', (o ->> 'flex_element_id')::uuid, '', true
-    FROM jsonb_array_elements(orphaned) o
+    SELECT o.flex_line_item_id::text, c.flex_element_id, '', true
+    FROM flex_dedupe_orphans o JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
+    ORDER BY 1
     ON CONFLICT (flex_line_item_id) DO UPDATE SET created_by_sync = true, updated_at = now();
     GET DIAGNOSTICS marked = ROW_COUNT;
 
@@ -313,12 +313,12 @@ BEGIN
     ELSE
         constraint_state := 'existed';
     END IF;
-    DROP TABLE flex_dedupe_doomed, flex_dedupe_ranked;
+    DROP TABLE flex_dedupe_doomed, flex_dedupe_orphans;
     RETURN jsonb_build_object('dry_run', false, 'duplicate_groups', groups, 'rows_removed', removed,
                               'constraint', constraint_state, 'constraint_name', existing,
                               'audit_batch', batch,
-                              'orphaned_flex_line_count', jsonb_array_length(orphaned),
-                              'orphaned_flex_lines', flex_sync_private.first_items(orphaned, 1000),
+                              'orphaned_flex_line_count', orphan_count,
+                              'orphaned_flex_lines', orphan_sample,
                               'flex_lines_marked_for_removal', marked);
 END
 $$;
@@ -452,10 +452,13 @@ BEGIN
 END
 $$;
 
--- Syncs due queue items until max_jobs are done or max_seconds have passed. Each item runs in
--- its own subtransaction; an item another scheduler holds is skipped (its advisory lock is
--- busy), so two schedulers never sync one item at once. Failures back off exponentially with
--- jitter; after max_attempts an item is dead until flex_sync_requeue().
+-- Syncs due queue items until max_jobs are done or max_seconds have passed. Items are taken in
+-- the order they were first marked, walking the marks' primary key from where the last item was
+-- found, so a call reads only the marks it needs however long the queue is. Each item runs in its
+-- own subtransaction; an item another scheduler holds is skipped (its advisory lock is busy), so
+-- two schedulers never sync one item at once. After a sync, only the marks read before it started
+-- are cleared: a mark committed later, even one with a smaller id, keeps the item due. Failures
+-- back off exponentially with jitter; after max_attempts an item is dead until flex_sync_requeue().
 CREATE FUNCTION flex_sync_pending(max_jobs integer DEFAULT 50, max_seconds integer DEFAULT 50,
                                   max_attempts integer DEFAULT 8)
 RETURNS jsonb
@@ -466,6 +469,9 @@ AS $$
 DECLARE
     started   timestamptz := clock_timestamp();
     item      record;
+    position  bigint := 0;
+    taken     text[] := '{}';
+    seen      bigint[];
     result    jsonb;
     status    text;
     failure   text;
@@ -476,16 +482,21 @@ BEGIN
     IF max_jobs IS NULL OR max_jobs < 1 OR max_seconds IS NULL OR max_seconds < 1 THEN
         RAISE EXCEPTION 'max_jobs and max_seconds must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOR item IN
-        SELECT d.job_id, d.department, max(d.mark_id) AS last_mark
+    WHILE cardinality(taken) < max_jobs AND clock_timestamp() - started <= make_interval(secs => max_seconds) LOOP
+        SELECT d.mark_id, d.job_id, d.department INTO item
         FROM flex_sync_private.dirty d
-        LEFT JOIN flex_sync_private.retry_state r USING (job_id, department)
-        WHERE r.job_id IS NULL OR (NOT r.dead AND r.next_attempt_at <= now())
-        GROUP BY d.job_id, d.department
-        ORDER BY min(d.mark_id)
-        LIMIT max_jobs
-    LOOP
-        EXIT WHEN clock_timestamp() - started > make_interval(secs => max_seconds);
+        WHERE d.mark_id > position
+          AND NOT (d.job_id::text || '/' || d.department = ANY (taken))
+          AND NOT EXISTS (SELECT 1 FROM flex_sync_private.retry_state r
+                          WHERE r.job_id = d.job_id AND r.department = d.department
+                            AND (r.dead OR r.next_attempt_at > now()))
+        ORDER BY d.mark_id
+        LIMIT 1;
+        EXIT WHEN NOT FOUND;
+        position := item.mark_id;
+        taken := taken || (item.job_id::text || '/' || item.department);
+        SELECT array_agg(d.mark_id) INTO seen
+        FROM flex_sync_private.dirty d WHERE d.job_id = item.job_id AND d.department = item.department;
         failure := NULL;
         BEGIN
             result := flex_sync_job(item.job_id, ARRAY[item.department], false);
@@ -503,7 +514,7 @@ BEGIN
         IF failure IS NULL THEN
             synced := synced + 1;
             DELETE FROM flex_sync_private.dirty
-            WHERE job_id = item.job_id AND department = item.department AND mark_id <= item.last_mark;
+            WHERE job_id = item.job_id AND department = item.department AND mark_id = ANY (seen);
             DELETE FROM flex_sync_private.retry_state WHERE job_id = item.job_id AND department = item.department;
         ELSE
             failed := failed + 1;
@@ -518,7 +529,8 @@ BEGIN
         END IF;
     END LOOP;
     RETURN jsonb_build_object('synced', synced, 'failed', failed, 'skipped', skipped,
-                              'remaining', (SELECT count(DISTINCT (job_id, department)) FROM flex_sync_private.dirty),
+                              'remaining', (SELECT count(*) FROM (SELECT DISTINCT job_id, department
+                                                                  FROM flex_sync_private.dirty) q),
                               'duration_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000));
 END
 $$;

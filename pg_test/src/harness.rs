@@ -26,16 +26,21 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn create(test: &str) -> TestDb {
+        let db = TestDb::empty(test);
+        db.connect()
+            .batch_execute("CREATE EXTENSION flex_sync; SELECT flex_sync_install_reference_schema();")
+            .unwrap();
+        db
+    }
+
+    /// A fresh database without the extension.
+    pub fn empty(test: &str) -> TestDb {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!("t_{}_{}_{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let mut admin = Client::connect(&server_conninfo(), NoTls).expect("connect to the test server");
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let db = TestDb { conninfo: format!("{} dbname={name}", server_conninfo()) };
-        db.connect()
-            .batch_execute("CREATE EXTENSION flex_sync; SELECT flex_sync_install_reference_schema();")
-            .unwrap();
-        db
+        TestDb { conninfo: format!("{} dbname={name}", server_conninfo()) }
     }
 
     pub fn connect(&self) -> Client {

@@ -62,6 +62,36 @@ fn a_change_made_during_the_sync_keeps_the_item_due() {
 }
 
 #[test]
+fn a_mark_committed_after_a_later_one_is_not_cleared_unsynced() {
+    let (db, sim, mut client) = setup("queue_out_of_order");
+    let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
+    pending(&mut client);
+    assert_eq!(queue_depth(&mut client), 0);
+    // The slow writer takes the smaller mark id and commits last: after the sync read the crew
+    // and before the scheduler clears the marks it saw.
+    let mut slow = db.connect();
+    slow.batch_execute("BEGIN").unwrap();
+    add_technician(&mut slow, &job.id, "sound", "SND-FOH-R", "slow-writer");
+    add_technician(&mut client, &job.id, "sound", "SND-MON-E", "fast-writer");
+    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1000, "times": 1}]));
+    let conninfo = db.conninfo.clone();
+    let scheduler = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+        pending(&mut c)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    slow.batch_execute("COMMIT").unwrap();
+    let report = scheduler.join().unwrap();
+    assert_eq!(report["synced"], 1, "{report}");
+    let resources: Vec<String> = sim.contacts(&job.elements["sound"]).into_iter().map(|c| c.1).collect();
+    assert!(resources.contains(&"fast-writer".to_string()) && !resources.contains(&"slow-writer".to_string()));
+    assert_eq!(queue_depth(&mut client), 1, "the slow writer's mark was not seen, so it stays");
+    pending(&mut client);
+    assert_eq!(queue_depth(&mut client), 0);
+    assert_converged(&mut client, &sim, &job);
+}
+
+#[test]
 fn failures_back_off_then_die_and_can_be_requeued() {
     let (_db, sim, mut client) = setup("queue_backoff");
     let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
