@@ -220,7 +220,8 @@ fn queue_drain(b: &mut Bench) {
                  INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
                    SELECT j.id, p.id, 'SND-PA-T', 'confirmed'
                    FROM (SELECT id, row_number() OVER () r FROM jobs) j
-                   JOIN (SELECT id, row_number() OVER () r FROM profiles) p USING (r);"
+                   JOIN (SELECT id, row_number() OVER () r FROM profiles) p USING (r);
+                 ANALYZE;"
             ))
             .unwrap();
         // A backend of its own, so its peak memory is the drain's alone.
@@ -250,8 +251,9 @@ fn queue_drain(b: &mut Bench) {
             peak_private / 1024
         ));
     }
-    b.line("\nDrained by repeated `flex_sync_pending()` calls with its defaults (50 items per call, as pg_cron would);");
-    b.line("memory must not grow with the queue.");
+    b.line("\nDrained by repeated `flex_sync_pending()` calls with its defaults (50 items per call, as pg_cron would),");
+    b.line("after ANALYZE of the loaded tables (a live database has statistics; without them the crew query scans");
+    b.line("`profiles`). Memory must not grow with the queue.");
 }
 
 /// 1,000,000 rows with 100,000 duplicate groups: flex_dedupe_assignments against the seed
@@ -290,14 +292,14 @@ fn dedupe(b: &mut Bench) {
         &mut client,
         "DELETE FROM copy_rownumber WHERE id IN (
            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
-                                                         ORDER BY created_at) rn FROM copy_rownumber) r
+                                                         ORDER BY created_at ASC, id ASC) rn FROM copy_rownumber) r
            WHERE rn > 1)",
     );
     let checklist = time(
         &mut client,
         "DELETE FROM copy_checklist WHERE id IN (
            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
-                                                         ORDER BY created_at) rn FROM copy_checklist) r
+                                                         ORDER BY created_at ASC, id ASC) rn FROM copy_checklist) r
            WHERE rn > 1);
          ALTER TABLE copy_checklist ADD CONSTRAINT copy_checklist_key UNIQUE (crew_call_id, technician_id);",
     );
