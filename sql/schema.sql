@@ -248,26 +248,27 @@ BEGIN
     -- One sort ranks every pair's rows and names each removed row's keeper. Rows are addressed
     -- by ctid, stable under the lock, so the delete fetches exactly them (one TID scan).
     CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_id, keeper_line FROM (
+    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_id FROM (
         SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id,
-               first_value(a.id) OVER w AS keeper_id, first_value(a.flex_line_item_id) OVER w AS keeper_line,
-               row_number() OVER w AS rn
+               first_value(a.id) OVER w AS keeper_id, row_number() OVER w AS rn
         FROM public.flex_crew_assignments a
-        WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id)
+        WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id
+                     ROWS UNBOUNDED PRECEDING)
     ) r
     WHERE r.rn > 1;
     SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
 
-    -- Line ids only removed rows referenced: Flex contacts no row will account for any more.
-    -- Compared in the column's own type, so the scan of the table hashes no text.
+    -- Line ids only removed rows referenced: Flex contacts no row will account for any more
+    -- (a keeper sharing its removed twin's line keeps it). Compared in the column's own type, so
+    -- the scan of the table hashes no text.
     CREATE TEMP TABLE flex_dedupe_orphans ON COMMIT DROP AS
     SELECT DISTINCT d.crew_call_id, d.flex_line_item_id
     FROM flex_dedupe_doomed d
-    WHERE d.flex_line_item_id IS NOT NULL AND d.flex_line_item_id IS DISTINCT FROM d.keeper_line
+    WHERE d.flex_line_item_id IS NOT NULL
       AND d.flex_line_item_id NOT IN (
           SELECT a.flex_line_item_id FROM public.flex_crew_assignments a
           WHERE a.flex_line_item_id IN (SELECT flex_line_item_id FROM flex_dedupe_doomed)
-            AND a.ctid NOT IN (SELECT tid FROM flex_dedupe_doomed));
+            AND NOT EXISTS (SELECT 1 FROM flex_dedupe_doomed x WHERE x.tid = a.ctid));
     SELECT count(*) INTO orphan_count FROM flex_dedupe_orphans;
     SELECT coalesce(jsonb_agg(o), '[]') INTO orphan_sample FROM (
         SELECT o.crew_call_id, c.flex_element_id, o.flex_line_item_id::text AS flex_line_item_id
