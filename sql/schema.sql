@@ -455,7 +455,8 @@ $$;
 
 -- Syncs due queue items until max_jobs are done or max_seconds have passed. Items are taken in
 -- the order they were first marked, walking the marks' primary key from where the last item was
--- found, so a call reads only the marks it needs however long the queue is. Each item runs in its
+-- found, so picking items reads only the marks it needs however long the queue is (the count of
+-- what remains, in the result, reads it all). Each item runs in its
 -- own subtransaction; an item another scheduler holds is skipped (its advisory lock is busy), so
 -- two schedulers never sync one item at once. After a sync, only the marks read before it started
 -- are cleared: a mark committed later, even one with a smaller id, keeps the item due. Failures
