@@ -12,6 +12,22 @@ fn pending(client: &mut Client) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// flex_sync_pending() from a connection of its own.
+fn pending_in_background(conninfo: &str) -> std::thread::JoinHandle<Value> {
+    let conninfo = conninfo.to_string();
+    std::thread::spawn(move || pending(&mut Client::connect(&conninfo, postgres::NoTls).unwrap()))
+}
+
+/// flex_sync_pending() while its listing call is held for 1 s, with `during` run 300 ms in:
+/// after the sync read the crew, before the scheduler clears the marks it saw. Its report.
+fn pending_while_listing_is_held(db: &TestDb, sim: &Sim, during: impl FnOnce()) -> Value {
+    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1000, "times": 1}]));
+    let scheduler = pending_in_background(&db.conninfo);
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    scheduler.join().unwrap()
+}
+
 fn queue_depth(client: &mut Client) -> i64 {
     client.query_one("SELECT count(*) FROM flex_sync_queue", &[]).unwrap().get(0)
 }
@@ -45,15 +61,9 @@ fn an_assignment_change_reaches_flex_through_the_queue() {
 fn a_change_made_during_the_sync_keeps_the_item_due() {
     let (db, sim, mut client) = setup("queue_generation");
     let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
-    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1000, "times": 1}]));
-    let conninfo = db.conninfo.clone();
-    let scheduler = std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-        pending(&mut c)
+    let report = pending_while_listing_is_held(&db, &sim, || {
+        add_technician(&mut client, &job.id, "sound", "SND-FOH-R", "joined-mid-sync");
     });
-    std::thread::sleep(Duration::from_millis(300));
-    add_technician(&mut client, &job.id, "sound", "SND-FOH-R", "joined-mid-sync");
-    let report = scheduler.join().unwrap();
     assert_eq!(report["synced"], 1, "{report}");
     assert_eq!(queue_depth(&mut client), 1, "the mark made during the sync is still there");
     pending(&mut client);
@@ -73,15 +83,7 @@ fn a_mark_committed_after_a_later_one_is_not_cleared_unsynced() {
     slow.batch_execute("BEGIN").unwrap();
     add_technician(&mut slow, &job.id, "sound", "SND-FOH-R", "slow-writer");
     add_technician(&mut client, &job.id, "sound", "SND-MON-E", "fast-writer");
-    sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1000, "times": 1}]));
-    let conninfo = db.conninfo.clone();
-    let scheduler = std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-        pending(&mut c)
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    slow.batch_execute("COMMIT").unwrap();
-    let report = scheduler.join().unwrap();
+    let report = pending_while_listing_is_held(&db, &sim, || slow.batch_execute("COMMIT").unwrap());
     assert_eq!(report["synced"], 1, "{report}");
     let resources: Vec<String> = sim.contacts(&job.elements["sound"]).into_iter().map(|c| c.1).collect();
     assert!(resources.contains(&"fast-writer".to_string()) && !resources.contains(&"slow-writer".to_string()));
@@ -131,13 +133,7 @@ fn two_schedulers_never_sync_one_item_at_the_same_time() {
     let jobs: Vec<Job> = (0..6).map(|_| create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")])).collect();
     sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 150}]));
     let schedulers: Vec<_> = (0..2)
-        .map(|_| {
-            let conninfo = db.conninfo.clone();
-            std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                pending(&mut c)
-            })
-        })
+        .map(|_| pending_in_background(&db.conninfo))
         .collect();
     let reports: Vec<Value> = schedulers.into_iter().map(|h| h.join().unwrap()).collect();
     let synced: i64 = reports.iter().map(|r| r["synced"].as_i64().unwrap()).sum();

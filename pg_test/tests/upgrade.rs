@@ -5,13 +5,16 @@
 use flex_sync_pg_test::harness::*;
 use postgres::Client;
 
-/// Every object of the extension, as the catalogs describe it: functions with their bodies and
-/// settings, views, tables with their columns, indexes and the extension's version.
+/// Every object of the extension, as the catalogs describe it: functions with their bodies,
+/// settings and grants, views, tables with their columns, indexes and grants, and the version.
 fn fingerprint(client: &mut Client) -> Vec<String> {
     let rows = client
         .query(
-            "SELECT 'function ' || pg_get_functiondef(p.oid) FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
-             WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'flex_sync')
+            "WITH members AS (
+                 SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                 WHERE e.extname = 'flex_sync' AND d.deptype = 'e')
+             SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '')
+             FROM members m JOIN pg_proc p ON p.oid = m.objid WHERE m.classid = 'pg_proc'::regclass
              UNION ALL
              SELECT 'relation ' || c.relkind::text || ' ' || c.oid::regclass::text || ' '
                     || coalesce(pg_get_viewdef(c.oid), '')
@@ -23,11 +26,7 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
                     || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
                                  FROM pg_index i WHERE i.indrelid = c.oid), '')
                     || coalesce(c.relacl::text, '')
-             FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
-             WHERE d.classid = 'pg_class'::regclass AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'flex_sync')
-             UNION ALL
-             SELECT 'acl ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, '') FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
-             WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'flex_sync')
+             FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
              UNION ALL
              SELECT 'version ' || extversion FROM pg_extension WHERE extname = 'flex_sync'
              ORDER BY 1",
