@@ -254,11 +254,18 @@ fn the_token_never_leaks_into_errors_logs_or_activity() {
         let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
         c.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job_id]).unwrap();
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let activity: String = watcher
-        .query_one("SELECT string_agg(coalesce(query, ''), ' ') FROM pg_stat_activity", &[])
-        .unwrap()
-        .get(0);
+    // Read pg_stat_activity while the sync waits for its listing, however long it took to start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let activity = loop {
+        let activity: String = watcher
+            .query_one("SELECT string_agg(coalesce(query, ''), ' ') FROM pg_stat_activity", &[])
+            .unwrap()
+            .get(0);
+        if activity.contains("flex_sync_job") || Instant::now() > deadline {
+            break activity;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     running.join().unwrap();
     assert!(activity.contains("flex_sync_job"), "the sync was running: {activity}");
     for secret in ["wrong-token-should-not-leak", SIM_TOKEN] {
