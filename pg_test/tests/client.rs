@@ -249,25 +249,33 @@ fn the_token_never_leaks_into_errors_logs_or_activity() {
     let mut watcher = db.connect();
     let conninfo = db.conninfo.clone();
     let job_id = job.id.clone();
+    // The right token again, so the listing reaches the held fault and the sync stays in flight.
+    configure(&mut client, &sim, json!({}));
     sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1500}]));
     let running = std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
         c.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job_id]).unwrap();
     });
-    // Read pg_stat_activity while the sync waits for its listing, however long it took to start.
+    // Read pg_stat_activity while this database's sync waits for its listing (other tests' syncs
+    // run in other databases of the same server), however long it took to start.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let activity = loop {
-        let activity: String = watcher
-            .query_one("SELECT string_agg(coalesce(query, ''), ' ') FROM pg_stat_activity", &[])
-            .unwrap()
-            .get(0);
-        if activity.contains("flex_sync_job") || Instant::now() > deadline {
-            break activity;
+    let (ours, activity) = loop {
+        let row = watcher
+            .query_one(
+                "SELECT string_agg(coalesce(query, ''), ' ') FILTER (WHERE datname = current_database()),
+                        string_agg(coalesce(query, ''), ' ')
+                 FROM pg_stat_activity",
+                &[],
+            )
+            .unwrap();
+        let (ours, all): (String, String) = (row.get(0), row.get(1));
+        if ours.contains("flex_sync_job") || Instant::now() > deadline {
+            break (ours, all);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     running.join().unwrap();
-    assert!(activity.contains("flex_sync_job"), "the sync was running: {activity}");
+    assert!(ours.contains("flex_sync_job"), "the sync was running: {ours}");
     for secret in ["wrong-token-should-not-leak", SIM_TOKEN] {
         assert!(!activity.contains(secret));
         let in_log: i64 = client
