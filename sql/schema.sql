@@ -189,14 +189,10 @@ CREATE TABLE flex_dedupe_audit (
     removed_row       jsonb NOT NULL
 );
 CREATE INDEX flex_dedupe_audit_batch_idx ON flex_dedupe_audit (batch_id);
+-- Read by every sync: the lines a crew call's removed rows pointed at are the sync's own.
+CREATE INDEX flex_dedupe_audit_crew_call_idx ON flex_dedupe_audit (crew_call_id);
 SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
 REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
-
--- The first n elements of a JSON array: reports stay readable, the full lists live in tables.
-CREATE FUNCTION flex_sync_private.first_items(items jsonb, n integer)
-RETURNS jsonb
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(items) e LIMIT n) s $$;
 
 -- The DBA's cleanup of duplicate (crew_call_id, technician_id) rows left by the old races.
 -- Keeps per pair the oldest row by (created_at, id), NULL created_at last; copies every removed
@@ -209,12 +205,10 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
--- One sort of the whole table and one index build: in memory, the sort split across parallel
--- workers (the default costs keep a sort this size serial), and no JIT compilation.
+-- The removed rows are found in one pass that sorts nothing (flex_sync_private.dedupe_removals);
+-- the index build sorts in memory; no JIT compilation.
 SET work_mem = '256MB'
 SET maintenance_work_mem = '256MB'
-SET parallel_setup_cost = 100
-SET parallel_tuple_cost = 0.01
 SET jit = off
 AS $$
 DECLARE
@@ -225,7 +219,6 @@ DECLARE
     removed      bigint := 0;
     orphan_count bigint;
     orphan_sample jsonb;
-    marked       bigint := 0;
     constraint_state text;
 BEGIN
     IF to_regclass('public.flex_crew_assignments') IS NULL THEN
@@ -245,36 +238,21 @@ BEGIN
            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
     LIMIT 1;
 
-    -- One sort ranks every pair's rows and names each removed row's keeper. Rows are addressed
-    -- by ctid, stable under the lock, so the delete fetches exactly them (one TID scan).
+    -- Rows are addressed by ctid, stable under the lock.
     CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    SELECT tid, crew_call_id, technician_id, flex_line_item_id, keeper_id FROM (
-        SELECT a.ctid AS tid, a.crew_call_id, a.technician_id, a.flex_line_item_id,
-               first_value(a.id) OVER w AS keeper_id, row_number() OVER w AS rn
-        FROM public.flex_crew_assignments a
-        WINDOW w AS (PARTITION BY a.crew_call_id, a.technician_id ORDER BY a.created_at ASC NULLS LAST, a.id
-                     ROWS UNBOUNDED PRECEDING)
-    ) r
-    WHERE r.rn > 1;
-    SELECT count(*), count(DISTINCT (crew_call_id, technician_id)) INTO doomed, groups FROM flex_dedupe_doomed;
+    SELECT * FROM flex_sync_private.dedupe_removals();
+    SELECT count(*) INTO doomed FROM flex_dedupe_doomed;
+    SELECT count(*) INTO groups FROM (SELECT DISTINCT crew_call_id, technician_id FROM flex_dedupe_doomed) g;
 
-    -- Line ids only removed rows referenced: Flex contacts no row will account for any more
-    -- (a keeper sharing its removed twin's line keeps it). Compared in the column's own type, so
-    -- the scan of the table hashes no text.
+    -- Flex contacts no row will account for any more (a kept row sharing the line keeps it).
     CREATE TEMP TABLE flex_dedupe_orphans ON COMMIT DROP AS
-    SELECT DISTINCT d.crew_call_id, d.flex_line_item_id
-    FROM flex_dedupe_doomed d
-    WHERE d.flex_line_item_id IS NOT NULL
-      AND d.flex_line_item_id NOT IN (
-          SELECT a.flex_line_item_id FROM public.flex_crew_assignments a
-          WHERE a.flex_line_item_id IN (SELECT flex_line_item_id FROM flex_dedupe_doomed)
-            AND NOT EXISTS (SELECT 1 FROM flex_dedupe_doomed x WHERE x.tid = a.ctid));
+    SELECT DISTINCT crew_call_id, flex_line_item_id FROM flex_dedupe_doomed WHERE line_orphaned;
     SELECT count(*) INTO orphan_count FROM flex_dedupe_orphans;
     SELECT coalesce(jsonb_agg(o), '[]') INTO orphan_sample FROM (
         SELECT o.crew_call_id, c.flex_element_id, o.flex_line_item_id::text AS flex_line_item_id
-        FROM flex_dedupe_orphans o JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
-        ORDER BY o.crew_call_id, o.flex_line_item_id
-        LIMIT 1000) o;
+        FROM (SELECT * FROM flex_dedupe_orphans ORDER BY crew_call_id, flex_line_item_id LIMIT 1000) o
+        JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
+        ORDER BY o.crew_call_id, o.flex_line_item_id) o;
 
     IF dry_run THEN
         DROP TABLE flex_dedupe_doomed, flex_dedupe_orphans;
@@ -286,25 +264,20 @@ BEGIN
                                   'orphaned_flex_lines', orphan_sample);
     END IF;
 
-    -- The audit copy is the deleted row itself, as the delete returns it.
+    -- The audit is also the mark: the sync counts every line its crew call's removed rows
+    -- pointed at as its own, so the next flex_sync_job deletes the orphaned contacts in Flex
+    -- even under orphan_policy 'keep'.
+    -- One TID scan deletes them; the audit copy is the row as the delete returns it, joined to
+    -- its keeper as a row and only then turned into json, so the join hashes the narrow form.
     WITH gone AS (
         DELETE FROM public.flex_crew_assignments a
         WHERE a.ctid = ANY (ARRAY(SELECT tid FROM flex_dedupe_doomed))
-        RETURNING a.ctid AS tid, to_jsonb(a) AS removed_row
+        RETURNING a.ctid AS tid, a AS removed_row
     )
     INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row_id, removed_row)
-    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id::text, d.keeper_id::text, g.removed_row
+    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id::text, d.keeper_id::text, to_jsonb(g.removed_row)
     FROM gone g JOIN flex_dedupe_doomed d USING (tid);
     GET DIAGNOSTICS removed = ROW_COUNT;
-
-    -- Marked as the sync's own, so the next flex_sync_job removes these contacts in Flex even
-    -- under orphan_policy 'keep'. In key order: the index pages fill one after another.
-    INSERT INTO flex_sync_private.lines (flex_line_item_id, flex_element_id, resource_id, created_by_sync)
-    SELECT o.flex_line_item_id::text, c.flex_element_id, '', true
-    FROM flex_dedupe_orphans o JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
-    ORDER BY 1
-    ON CONFLICT (flex_line_item_id) DO UPDATE SET created_by_sync = true, updated_at = now();
-    GET DIAGNOSTICS marked = ROW_COUNT;
 
     IF existing IS NULL THEN
         CREATE UNIQUE INDEX flex_crew_assignments_crew_call_id_technician_id_key
@@ -320,7 +293,7 @@ BEGIN
                               'audit_batch', batch,
                               'orphaned_flex_line_count', orphan_count,
                               'orphaned_flex_lines', orphan_sample,
-                              'flex_lines_marked_for_removal', marked);
+                              'flex_lines_marked_for_removal', orphan_count);
 END
 $$;
 

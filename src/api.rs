@@ -1,6 +1,7 @@
 //! The SQL entry points. Each is a thin wrapper: convert arguments, call one function, raise its
 //! error with a SQLSTATE.
 
+use flex_sync_core::dedupe::{Dedupe, Removal};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -46,4 +47,45 @@ fn configure(base_url: &str, api_token: Option<&str>, changes: &Value) -> Result
         "api_token": if store::token_is_set()? { json!("********") } else { Value::Null },
         "options": options.to_json(),
     }))
+}
+
+/// Helpers the extension's own SQL calls, in the schema callers are not granted.
+#[pg_schema]
+mod flex_sync_private {
+    use super::*;
+
+    /// The rows `flex_dedupe_assignments()` removes, with the row each pair keeps and whether the
+    /// removed row's Flex line is left without a row. Reads the table once, never sorts it.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn dedupe_removals() -> TableIterator<
+        'static,
+        (
+            name!(tid, pg_sys::ItemPointerData),
+            name!(crew_call_id, pgrx::Uuid),
+            name!(technician_id, pgrx::Uuid),
+            name!(flex_line_item_id, Option<pgrx::Uuid>),
+            name!(keeper_id, pgrx::Uuid),
+            name!(line_orphaned, bool),
+        ),
+    > {
+        let removals = find_removals().or_raise("flex_dedupe_assignments");
+        TableIterator::new(removals.into_iter().map(|r| {
+            let mut tid = pg_sys::ItemPointerData::default();
+            pgrx::itemptr::u64_to_item_pointer(r.row.address, &mut tid);
+            (
+                tid,
+                pgrx::Uuid::from_bytes(r.row.crew_call_id),
+                pgrx::Uuid::from_bytes(r.row.technician_id),
+                r.row.line_id.map(pgrx::Uuid::from_bytes),
+                pgrx::Uuid::from_bytes(r.keeper_id),
+                r.line_orphaned,
+            )
+        }))
+    }
+
+    fn find_removals() -> Result<Vec<Removal>, FlexSyncError> {
+        let mut dedupe = Dedupe::with_capacity(store::estimated_assignments()?);
+        store::scan_assignments(|row| dedupe.add(row))?;
+        Ok(dedupe.removals())
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use flex_sync_core::dedupe::AssignmentRow;
 use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine};
 use flex_sync_core::roles::RoleMap;
 use pgrx::datum::DatumWithOid;
@@ -267,6 +268,7 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
         desired: Option<Vec<Desired>>,
         rows: Option<Vec<Row>>,
         known: Option<Vec<Known>>,
+        audited: Option<Vec<String>>,
         roles: Option<HashMap<String, String>>,
     }
     let stored: Option<Stored> = query_json_prepared(
@@ -279,34 +281,43 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
                       FROM public.flex_crew_assignments a WHERE a.crew_call_id = c.id),
              'known', (SELECT jsonb_agg(jsonb_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))
                        FROM flex_sync_private.lines l WHERE l.flex_element_id = c.flex_element_id),
+             'audited', (SELECT jsonb_agg(DISTINCT d.flex_line_item_id) FROM flex_dedupe_audit d
+                         WHERE d.crew_call_id = c.id AND d.flex_line_item_id IS NOT NULL),
              'roles', (SELECT jsonb_object_agg(b.tier, b.business_role_id)
                        FROM flex_sync_business_roles b WHERE b.department = $2))
          FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid AND lower(btrim(c.department)) = $2",
         &[job.into(), department.into()],
     )?;
-    Ok(stored.map(|s| StoredCrew {
-        id: s.id,
-        flex_element_id: s.element,
-        desired: s
-            .desired
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| DesiredTech { technician_id: d.t, resource_id: d.r, role_code: d.c })
-            .collect(),
-        rows: s.rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect(),
-        known: s
+    Ok(stored.map(|s| {
+        let mut known: HashMap<String, KnownLine> = s
             .known
             .unwrap_or_default()
             .into_iter()
             .map(|k| (k.l, KnownLine { created_by_sync: k.c, applied_role: k.r }))
-            .collect(),
-        roles: RoleMap(
-            s.roles
+            .collect();
+        // A line a removed duplicate row pointed at is a contact the application made.
+        for line in s.audited.unwrap_or_default() {
+            known.entry(line).or_default().created_by_sync = true;
+        }
+        StoredCrew {
+            id: s.id,
+            flex_element_id: s.element,
+            desired: s
+                .desired
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
+                .map(|d| DesiredTech { technician_id: d.t, resource_id: d.r, role_code: d.c })
                 .collect(),
-        ),
+            rows: s.rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect(),
+            known,
+            roles: RoleMap(
+                s.roles
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
+                    .collect(),
+            ),
+        }
     }))
 }
 
@@ -424,4 +435,67 @@ pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// The planner's row count of `flex_crew_assignments` (0 when never analyzed): a size hint only.
+pub fn estimated_assignments() -> Result<usize> {
+    let estimate =
+        first_value::<f32>("SELECT reltuples FROM pg_class WHERE oid = 'public.flex_crew_assignments'::regclass", &[])?;
+    Ok(estimate.filter(|n| *n > 0.0).map_or(0, |n| n as usize))
+}
+
+/// Hands every row of `flex_crew_assignments` to `visit`, one batch of rows in memory at a time.
+/// A million rows pass here, so each is deformed with one call and read from its datums, and each
+/// batch is freed once read (SPI would keep them all until the function returns). The casts let
+/// an application that declared other types fail here with PostgreSQL's error, and make the
+/// layouts certain: a uuid datum points at 16 bytes, a tid at an ItemPointerData, a timestamptz
+/// is an i64.
+pub fn scan_assignments(mut visit: impl FnMut(AssignmentRow)) -> Result<()> {
+    use pgrx::pg_sys;
+    const BATCH: i64 = 1_000;
+    const COLUMNS: usize = 6;
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(
+            "SELECT ctid, crew_call_id::uuid, technician_id::uuid, created_at::timestamptz, id::uuid,
+                    flex_line_item_id::uuid
+             FROM public.flex_crew_assignments",
+            &[],
+        );
+        let mut values = [pg_sys::Datum::null(); COLUMNS];
+        let mut nulls = [false; COLUMNS];
+        loop {
+            let batch = cursor.fetch(BATCH)?;
+            let rows = batch.len();
+            drop(batch);
+            if rows == 0 {
+                return Ok(());
+            }
+            // SAFETY: SPI_tuptable is the batch just fetched, with `rows` tuples of the query's six
+            // columns; the datums point into those tuples, which live until SPI_freetuptable.
+            unsafe {
+                let table = pg_sys::SPI_tuptable;
+                for &tuple in std::slice::from_raw_parts((*table).vals, rows) {
+                    pg_sys::heap_deform_tuple(tuple, (*table).tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                    let uuid = |column: usize| {
+                        (!nulls[column]).then(|| std::ptr::read(values[column].cast_mut_ptr::<[u8; 16]>()))
+                    };
+                    let key = |column: usize| {
+                        uuid(column).ok_or_else(|| {
+                            FlexSyncError::Decode("NULL in a key column of flex_crew_assignments".into())
+                        })
+                    };
+                    visit(AssignmentRow {
+                        address: pgrx::itemptr::item_pointer_to_u64(*values[0].cast_mut_ptr::<pg_sys::ItemPointerData>()),
+                        crew_call_id: key(1)?,
+                        technician_id: key(2)?,
+                        created_at: (!nulls[3]).then(|| values[3].value() as i64),
+                        id: key(4)?,
+                        line_id: uuid(5),
+                    });
+                }
+                pg_sys::SPI_freetuptable(table);
+            }
+            pgrx::check_for_interrupts!();
+        }
+    })
 }

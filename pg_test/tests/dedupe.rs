@@ -73,6 +73,7 @@ fn a_dry_run_reports_and_changes_nothing() {
     assert_eq!(report["rows_removed"], 0);
     assert_eq!(report["constraint"], "would_create");
     assert_eq!(report["orphaned_flex_lines"][0]["flex_line_item_id"], extra.as_str());
+    assert_eq!(report["orphaned_flex_line_count"], 1, "tech 0's removed rows share the kept row's line: {report}");
     assert_eq!(table_fingerprint(&mut client), before);
     let audit: i64 = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
     assert_eq!(audit, 0);
