@@ -84,7 +84,7 @@ mod flex_sync_private {
     }
 
     fn find_removals() -> Result<Vec<Removal>, FlexSyncError> {
-        let mut dedupe = Dedupe::with_capacity(store::estimated_assignments()?);
+        let mut dedupe = Dedupe::default();
         store::scan_assignments(|row| dedupe.add(row))?;
         Ok(dedupe.removals())
     }

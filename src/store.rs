@@ -437,13 +437,6 @@ pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The planner's row count of `flex_crew_assignments` (0 when never analyzed): a size hint only.
-pub fn estimated_assignments() -> Result<usize> {
-    let estimate =
-        first_value::<f32>("SELECT reltuples FROM pg_class WHERE oid = 'public.flex_crew_assignments'::regclass", &[])?;
-    Ok(estimate.filter(|n| *n > 0.0).map_or(0, |n| n as usize))
-}
-
 /// Hands every row of `flex_crew_assignments` to `visit`, one batch of rows in memory at a time.
 /// A million rows pass here, so each is deformed with one call and read from its datums, and each
 /// batch is freed once read (SPI would keep them all until the function returns). The casts let

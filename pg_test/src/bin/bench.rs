@@ -227,17 +227,11 @@ fn queue_drain(b: &mut Bench) {
         // A backend of its own, so its peak memory is the drain's alone.
         let mut client = db.connect();
         let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        let status_kib = |field: &str| -> u64 {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-                .unwrap_or(0)
-        };
         let started = Instant::now();
         let mut peak_private = 0;
         loop {
             let text: String = client.query_one("SELECT flex_sync_pending()::text", &[]).unwrap().get(0);
-            peak_private = peak_private.max(status_kib("RssAnon:"));
+            peak_private = peak_private.max(status_kib(pid, "RssAnon:"));
             let report: Value = serde_json::from_str(&text).unwrap();
             if report["remaining"] == 0 || report["synced"] == 0 {
                 break;
@@ -247,13 +241,44 @@ fn queue_drain(b: &mut Bench) {
         b.line(&format!(
             "| {n} | {:.0} | {} MiB | {} MiB |",
             n as f64 / elapsed.as_secs_f64() * 60.0,
-            status_kib("VmHWM:") / 1024,
+            status_kib(pid, "VmHWM:") / 1024,
             peak_private / 1024
         ));
     }
     b.line("\nDrained by repeated `flex_sync_pending()` calls with its defaults (50 items per call, as pg_cron would),");
     b.line("after ANALYZE of the loaded tables (a live database has statistics; without them the crew query scans");
     b.line("`profiles`). Memory must not grow with the queue.");
+}
+
+/// A field of a backend's /proc status, in KiB (0 when it cannot be read).
+fn status_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Runs `sql` and returns its wall time and the backend's peak private memory meanwhile, in MiB
+/// (RssAnon sampled every 5 ms by another thread).
+fn timed_with_peak_memory(client: &mut Client, sql: &str) -> (Duration, u64) {
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(status_kib(pid, "RssAnon:"));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    client.batch_execute(sql).unwrap();
+    let elapsed = started.elapsed();
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    (elapsed, sampler.join().unwrap() / 1024)
 }
 
 /// 1,000,000 rows with 100,000 duplicate groups: flex_dedupe_assignments against the seed
@@ -282,11 +307,7 @@ fn dedupe(b: &mut Bench) {
         )
         .unwrap();
     let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
-    let time = |client: &mut Client, sql: &str| {
-        let t = Instant::now();
-        client.batch_execute(sql).unwrap();
-        t.elapsed()
-    };
+    let time = timed_with_peak_memory;
     let ours = time(&mut client, "SELECT flex_dedupe_assignments()");
     let rownumber = time(
         &mut client,
@@ -319,19 +340,33 @@ fn dedupe(b: &mut Bench) {
     let wrong_adr = wrong(&mut client, "copy_adr");
     let audited: i64 = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
     b.line(&format!("{rows} rows before.\n"));
-    b.line("| method | time | audit copy | unique constraint | groups that kept a row other than the oldest |");
-    b.line("|---|---|---|---|---|");
-    b.line(&format!("| flex_dedupe_assignments() | {:.0} ms | {audited} rows | created | {wrong_ours} |", ms(ours)));
-    b.line(&format!("| seed checklist: ROW_NUMBER delete | {:.0} ms | none | no | {wrong_rownumber} |", ms(rownumber)));
+    b.line("| method | time | backend peak private memory | audit copy | unique constraint | groups that kept a row other than the oldest |");
+    b.line("|---|---|---|---|---|---|");
     b.line(&format!(
-        "| seed checklist: ROW_NUMBER delete, then ADD CONSTRAINT UNIQUE | {:.0} ms | none | added | {} |",
-        ms(checklist),
+        "| flex_dedupe_assignments() | {:.0} ms | {} MiB | {audited} rows | created | {wrong_ours} |",
+        ms(ours.0),
+        ours.1
+    ));
+    b.line(&format!(
+        "| seed checklist: ROW_NUMBER delete | {:.0} ms | {} MiB | none | no | {wrong_rownumber} |",
+        ms(rownumber.0),
+        rownumber.1
+    ));
+    b.line(&format!(
+        "| seed checklist: ROW_NUMBER delete, then ADD CONSTRAINT UNIQUE | {:.0} ms | {} MiB | none | added | {} |",
+        ms(checklist.0),
+        checklist.1,
         wrong(&mut client, "copy_checklist")
     ));
-    b.line(&format!("| seed ADR: DELETE ... USING ... a.id < b.id | {:.0} ms | none | no | {wrong_adr} |", ms(adr)));
+    b.line(&format!(
+        "| seed ADR: DELETE ... USING ... a.id < b.id | {:.0} ms | {} MiB | none | no | {wrong_adr} |",
+        ms(adr.0),
+        adr.1
+    ));
     b.line("\nThe ADR variant keeps the row with the largest uuid, a random row, not the oldest. Goal: flex_dedupe_assignments");
     b.line("no slower than the ROW_NUMBER delete while also auditing. The fair comparison is the checklist's full phase 1");
-    b.line("(delete, then add the constraint), which reaches the same end state without the audit.");
+    b.line("(delete, then add the constraint), which reaches the same end state without the audit. Peak private memory");
+    b.line("is the backend's RssAnon sampled every 5 ms while the statement runs (the checklist runs with the default work_mem).");
 }
 
 fn main() {
