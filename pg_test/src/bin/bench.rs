@@ -309,16 +309,15 @@ fn dedupe(b: &mut Bench) {
         )
         .unwrap();
     let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
-    let time = timed_with_peak_memory;
-    let ours = time(&mut client, "SELECT flex_dedupe_assignments()");
-    let rownumber = time(
+    let ours = timed_with_peak_memory(&mut client, "SELECT flex_dedupe_assignments()");
+    let rownumber = timed_with_peak_memory(
         &mut client,
         "DELETE FROM copy_rownumber WHERE id IN (
            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
                                                          ORDER BY created_at ASC, id ASC) rn FROM copy_rownumber) r
            WHERE rn > 1)",
     );
-    let checklist = time(
+    let checklist = timed_with_peak_memory(
         &mut client,
         "DELETE FROM copy_checklist WHERE id IN (
            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
@@ -326,7 +325,7 @@ fn dedupe(b: &mut Bench) {
            WHERE rn > 1);
          ALTER TABLE copy_checklist ADD CONSTRAINT copy_checklist_key UNIQUE (crew_call_id, technician_id);",
     );
-    let adr = time(
+    let adr = timed_with_peak_memory(
         &mut client,
         "DELETE FROM copy_adr a USING copy_adr b
          WHERE a.crew_call_id = b.crew_call_id AND a.technician_id = b.technician_id AND a.id < b.id",
@@ -368,8 +367,8 @@ fn dedupe(b: &mut Bench) {
     b.line("\nThe ADR variant keeps the row with the largest uuid, a random row, not the oldest. Goal: flex_dedupe_assignments");
     b.line("no slower than the ROW_NUMBER delete while also auditing. The fair comparison is the checklist's full phase 1");
     b.line("(delete, then add the constraint), which reaches the same end state without the audit. Peak private memory");
-    b.line("is the backend's RssAnon sampled every 5 ms while the statement runs (the checklist runs with the default work_mem).
-Each method starts after a CHECKPOINT, so none pays for writing the pages the setup or the method before dirtied.");
+    b.line("is the backend's RssAnon sampled every 5 ms while the statement runs (the checklist runs with the default work_mem).");
+    b.line("Each method starts after a CHECKPOINT, so none pays for writing the pages the setup or the method before dirtied.");
 }
 
 fn main() {
