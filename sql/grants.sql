@@ -18,4 +18,4 @@ REVOKE EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) FROM PUB
 REVOKE EXECUTE ON FUNCTION flex_sync_requeue(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION flex_sync_enable_queue() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION flex_sync_private.mark_dirty(uuid, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_private.dedupe_removals() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION flex_sync_private.dedupe_plan(oid) FROM PUBLIC;

@@ -188,8 +188,9 @@ CREATE TABLE flex_dedupe_audit (
     kept_row_id       text,
     removed_row       jsonb NOT NULL
 );
-CREATE INDEX flex_dedupe_audit_batch_idx ON flex_dedupe_audit (batch_id);
--- Read by every sync: the lines a crew call's removed rows pointed at are the sync's own.
+-- Read by every sync: the lines a crew call's removed rows pointed at are the sync's own. The
+-- only index: a dedupe pays for each one on every row it removes, and a batch is read back by a
+-- person, for whom a sequential scan of the audit will do.
 CREATE INDEX flex_dedupe_audit_crew_call_idx ON flex_dedupe_audit (crew_call_id);
 SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
 REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
@@ -205,20 +206,26 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
--- The removed rows are found in one pass that sorts nothing (flex_sync_private.dedupe_removals);
--- the index build sorts in memory; no JIT compilation.
-SET work_mem = '256MB'
+-- The removed rows are found in one pass that sorts nothing (flex_sync_private.dedupe_plan) and
+-- deleted by their ctids, each found directly (a TID scan per row): no statement of this
+-- function reads the whole table, so a sequential scan is never the plan to take. The arrays
+-- unnest into memory (a function scan keeps its rows) and the index build sorts in memory; no JIT
+-- compilation.
+SET enable_seqscan = off
+SET work_mem = '64MB'
 SET maintenance_work_mem = '256MB'
 SET jit = off
 AS $$
 DECLARE
     batch        uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
     existing     text;
+    tids         tid[];
+    keeper_ids   uuid[];
     groups       bigint;
-    doomed       bigint;
-    removed      bigint := 0;
-    orphan_count bigint;
+    orphan_calls uuid[];
+    orphan_lines uuid[];
     orphan_sample jsonb;
+    removed      bigint := 0;
     constraint_state text;
 BEGIN
     IF to_regclass('public.flex_crew_assignments') IS NULL THEN
@@ -239,44 +246,40 @@ BEGIN
     LIMIT 1;
 
     -- Rows are addressed by ctid, stable under the lock.
-    CREATE TEMP TABLE flex_dedupe_doomed ON COMMIT DROP AS
-    SELECT * FROM flex_sync_private.dedupe_removals();
-    SELECT count(*) INTO doomed FROM flex_dedupe_doomed;
-    SELECT count(*) INTO groups FROM (SELECT DISTINCT crew_call_id, technician_id FROM flex_dedupe_doomed) g;
+    SELECT p.tids, p.keeper_ids, p.duplicate_groups, p.orphaned_crew_call_ids, p.orphaned_line_ids
+    INTO tids, keeper_ids, groups, orphan_calls, orphan_lines
+    FROM flex_sync_private.dedupe_plan('public.flex_crew_assignments'::regclass) p;
 
     -- Flex contacts no row will account for any more (a kept row sharing the line keeps it).
-    CREATE TEMP TABLE flex_dedupe_orphans ON COMMIT DROP AS
-    SELECT DISTINCT crew_call_id, flex_line_item_id FROM flex_dedupe_doomed WHERE line_orphaned;
-    SELECT count(*) INTO orphan_count FROM flex_dedupe_orphans;
-    SELECT coalesce(jsonb_agg(o), '[]') INTO orphan_sample FROM (
-        SELECT o.crew_call_id, c.flex_element_id, o.flex_line_item_id::text AS flex_line_item_id
-        FROM (SELECT * FROM flex_dedupe_orphans ORDER BY crew_call_id, flex_line_item_id LIMIT 1000) o
-        JOIN public.flex_crew_calls c ON c.id = o.crew_call_id
-        ORDER BY o.crew_call_id, o.flex_line_item_id) o;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('crew_call_id', o.crew_call_id,
+                                                 'flex_element_id', c.flex_element_id,
+                                                 'flex_line_item_id', o.line::text) ORDER BY o.n), '[]')
+    INTO orphan_sample
+    FROM unnest(orphan_calls[1:1000], orphan_lines[1:1000]) WITH ORDINALITY AS o(crew_call_id, line, n)
+    JOIN public.flex_crew_calls c ON c.id = o.crew_call_id;
 
     IF dry_run THEN
-        DROP TABLE flex_dedupe_doomed, flex_dedupe_orphans;
         RETURN jsonb_build_object('dry_run', true, 'duplicate_groups', groups, 'rows_removed', 0,
-                                  'rows_to_remove', doomed,
+                                  'rows_to_remove', cardinality(tids),
                                   'constraint', CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END,
                                   'constraint_name', existing, 'audit_batch', NULL,
-                                  'orphaned_flex_line_count', orphan_count,
+                                  'orphaned_flex_line_count', cardinality(orphan_lines),
                                   'orphaned_flex_lines', orphan_sample);
     END IF;
 
     -- The audit is also the mark: the sync counts every line its crew call's removed rows
     -- pointed at as its own, so the next flex_sync_job deletes the orphaned contacts in Flex
     -- even under orphan_policy 'keep'.
-    -- One TID scan deletes them; the audit copy is the row as the delete returns it, joined to
-    -- its keeper as a row and only then turned into json, so the join hashes the narrow form.
+    -- The audit copy is the row as the delete returns it, next to its pair's keeper.
     WITH gone AS (
         DELETE FROM public.flex_crew_assignments a
-        WHERE a.ctid = ANY (ARRAY(SELECT tid FROM flex_dedupe_doomed))
-        RETURNING a.ctid AS tid, a AS removed_row
+        USING unnest(tids, keeper_ids) AS k(tid, keeper_id)
+        WHERE a.ctid = k.tid
+        RETURNING k.keeper_id, a.crew_call_id, a.technician_id, a.flex_line_item_id, to_jsonb(a) AS removed_row
     )
     INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row_id, removed_row)
-    SELECT batch, now(), d.crew_call_id, d.technician_id, d.flex_line_item_id::text, d.keeper_id::text, to_jsonb(g.removed_row)
-    FROM gone g JOIN flex_dedupe_doomed d USING (tid);
+    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id::text, keeper_id::text, removed_row
+    FROM gone;
     GET DIAGNOSTICS removed = ROW_COUNT;
 
     IF existing IS NULL THEN
@@ -287,13 +290,12 @@ BEGIN
     ELSE
         constraint_state := 'existed';
     END IF;
-    DROP TABLE flex_dedupe_doomed, flex_dedupe_orphans;
     RETURN jsonb_build_object('dry_run', false, 'duplicate_groups', groups, 'rows_removed', removed,
                               'constraint', constraint_state, 'constraint_name', existing,
                               'audit_batch', batch,
-                              'orphaned_flex_line_count', orphan_count,
+                              'orphaned_flex_line_count', cardinality(orphan_lines),
                               'orphaned_flex_lines', orphan_sample,
-                              'flex_lines_marked_for_removal', orphan_count);
+                              'flex_lines_marked_for_removal', cardinality(orphan_lines));
 END
 $$;
 

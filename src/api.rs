@@ -1,13 +1,14 @@
 //! The SQL entry points. Each is a thin wrapper: convert arguments, call one function, raise its
 //! error with a SQLSTATE.
 
-use flex_sync_core::dedupe::{Dedupe, Removal};
+use flex_sync_core::dedupe::Dedupe;
 use flex_sync_core::settings::{FlexOrigin, Options};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
 use crate::error::{FlexSyncError, OrRaise};
+use crate::scan;
 use crate::store;
 use crate::sync::{sync_job, SyncRequest};
 
@@ -54,38 +55,46 @@ fn configure(base_url: &str, api_token: Option<&str>, changes: &Value) -> Result
 mod flex_sync_private {
     use super::*;
 
-    /// The rows `flex_dedupe_assignments()` removes, with the row each pair keeps and whether the
-    /// removed row's Flex line is left without a row. Reads the table once, never sorts it.
-    #[pg_extern(volatile, parallel_unsafe)]
-    fn dedupe_removals() -> TableIterator<
-        'static,
-        (
-            name!(tid, pg_sys::ItemPointerData),
-            name!(crew_call_id, pgrx::Uuid),
-            name!(technician_id, pgrx::Uuid),
-            name!(flex_line_item_id, Option<pgrx::Uuid>),
-            name!(keeper_id, pgrx::Uuid),
-            name!(line_orphaned, bool),
-        ),
-    > {
-        let removals = find_removals().or_raise("flex_dedupe_assignments");
-        TableIterator::new(removals.into_iter().map(|r| {
-            let mut tid = pg_sys::ItemPointerData::default();
-            pgrx::itemptr::u64_to_item_pointer(r.row.address, &mut tid);
-            (
-                tid,
-                pgrx::Uuid::from_bytes(r.row.crew_call_id),
-                pgrx::Uuid::from_bytes(r.row.technician_id),
-                r.row.line_id.map(pgrx::Uuid::from_bytes),
-                pgrx::Uuid::from_bytes(r.keeper_id),
-                r.line_orphaned,
-            )
-        }))
+    /// Replaced by `dedupe_plan` in 0.4.0. Its symbol stays because the released 0.3.0 install
+    /// script declares it: that version must still install (and then update), and a database
+    /// not yet updated gets this error rather than a missing symbol.
+    #[pg_extern(sql = false)]
+    fn dedupe_removals() -> bool {
+        FlexSyncError::Replaced("flex_sync_private.dedupe_removals()").raise("flex_dedupe_assignments")
     }
 
-    fn find_removals() -> Result<Vec<Removal>, FlexSyncError> {
+    /// What `flex_dedupe_assignments()` does to `assignments` (flex_crew_assignments), as one
+    /// row: the rows to remove by ctid in storage order with the id of the row each one's pair
+    /// keeps, how many pairs have twins, and the (crew call, Flex line) pairs only removed rows
+    /// point at, distinct and sorted. Reads the table once, never sorts it.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn dedupe_plan(
+        assignments: pg_sys::Oid,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(tids, Vec<pg_sys::ItemPointerData>),
+            name!(keeper_ids, Vec<pgrx::Uuid>),
+            name!(duplicate_groups, i64),
+            name!(orphaned_crew_call_ids, Vec<pgrx::Uuid>),
+            name!(orphaned_line_ids, Vec<pgrx::Uuid>),
+        ),
+    > {
         let mut dedupe = Dedupe::default();
-        store::scan_assignments(|row| dedupe.add(row))?;
-        Ok(dedupe.removals())
+        scan::scan_assignments(assignments, |row| dedupe.add(row)).or_raise("flex_dedupe_assignments");
+        let outcome = dedupe.finish();
+        let tids = outcome
+            .removals
+            .iter()
+            .map(|r| {
+                let mut tid = pg_sys::ItemPointerData::default();
+                pgrx::itemptr::u64_to_item_pointer(r.row.address, &mut tid);
+                tid
+            })
+            .collect();
+        let keeper_ids = outcome.removals.iter().map(|r| pgrx::Uuid::from_bytes(r.keeper_id)).collect();
+        let (calls, lines) =
+            outcome.orphaned_lines.iter().map(|&(c, l)| (pgrx::Uuid::from_bytes(c), pgrx::Uuid::from_bytes(l))).unzip();
+        TableIterator::once((tids, keeper_ids, outcome.duplicate_groups as i64, calls, lines))
     }
 }

@@ -1,11 +1,13 @@
 //! flex_sync: keeps Flex Rental Solutions crew calls in step with a job's technicians.
 //!
 //! Layers, outermost first: `api` (the SQL entry points), `sync` (one call's flow), `store` (all
-//! SQL), `flex_client` (all HTTP), and the pure reconcile core in the `flex_sync_core` crate.
+//! SQL), `scan` (the dedupe's one read below SQL), `flex_client` (all HTTP), and the pure core
+//! (reconcile plan, dedupe decision) in the `flex_sync_core` crate.
 
 mod api;
 mod error;
 mod flex_client;
+mod scan;
 mod store;
 mod sync;
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use flex_sync_core::dedupe::AssignmentRow;
 use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine};
 use flex_sync_core::roles::RoleMap;
 use pgrx::datum::DatumWithOid;
@@ -435,60 +434,4 @@ pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
         ],
     )?;
     Ok(())
-}
-
-/// Hands every row of `flex_crew_assignments` to `visit`, one batch of rows in memory at a time.
-/// A million rows pass here, so each is deformed with one call and read from its datums, and each
-/// batch is freed once read (SPI would keep them all until the function returns). The casts let
-/// an application that declared other types fail here with PostgreSQL's error, and make the
-/// layouts certain: a uuid datum points at 16 bytes, a tid at an ItemPointerData, a timestamptz
-/// is an i64.
-pub fn scan_assignments(mut visit: impl FnMut(AssignmentRow)) -> Result<()> {
-    use pgrx::pg_sys;
-    const BATCH: i64 = 1_000;
-    const COLUMNS: usize = 6;
-    Spi::connect(|client| {
-        let mut cursor = client.open_cursor(
-            "SELECT ctid, crew_call_id::uuid, technician_id::uuid, created_at::timestamptz, id::uuid,
-                    flex_line_item_id::uuid
-             FROM public.flex_crew_assignments",
-            &[],
-        );
-        let mut values = [pg_sys::Datum::null(); COLUMNS];
-        let mut nulls = [false; COLUMNS];
-        loop {
-            let batch = cursor.fetch(BATCH)?;
-            let rows = batch.len();
-            drop(batch);
-            if rows == 0 {
-                return Ok(());
-            }
-            // SAFETY: SPI_tuptable is the batch just fetched, with `rows` tuples of the query's six
-            // columns; the datums point into those tuples, which live until SPI_freetuptable.
-            unsafe {
-                let table = pg_sys::SPI_tuptable;
-                for &tuple in std::slice::from_raw_parts((*table).vals, rows) {
-                    pg_sys::heap_deform_tuple(tuple, (*table).tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                    let uuid = |column: usize| {
-                        (!nulls[column]).then(|| std::ptr::read(values[column].cast_mut_ptr::<[u8; 16]>()))
-                    };
-                    let key = |column: usize| {
-                        uuid(column).ok_or_else(|| {
-                            FlexSyncError::Decode("NULL in a key column of flex_crew_assignments".into())
-                        })
-                    };
-                    visit(AssignmentRow {
-                        address: pgrx::itemptr::item_pointer_to_u64(*values[0].cast_mut_ptr::<pg_sys::ItemPointerData>()),
-                        crew_call_id: key(1)?,
-                        technician_id: key(2)?,
-                        created_at: (!nulls[3]).then(|| values[3].value() as i64),
-                        id: key(4)?,
-                        line_id: uuid(5),
-                    });
-                }
-                pg_sys::SPI_freetuptable(table);
-            }
-            pgrx::check_for_interrupts!();
-        }
-    })
 }

@@ -1,6 +1,6 @@
 //! The decision of `flex_dedupe_assignments()`: every `flex_crew_assignments` row in, in any
-//! order; out, the rows that go, the row each of their pairs keeps, and whether the Flex line of
-//! a removed row is left without any row pointing at it.
+//! order; out, the rows that go with the row each of their pairs keeps, how many pairs had
+//! twins, and the Flex lines the removed rows leave without any row pointing at them.
 //!
 //! One pass with a hash of the pairs, so the table is read once and never sorted. The rule is
 //! the SQL one, `ORDER BY created_at ASC NULLS LAST, id`: a uuid orders as its 16 bytes do, a
@@ -39,8 +39,17 @@ fn age(created_at: Option<i64>, id: Uuid) -> (bool, i64, Uuid) {
 pub struct Removal {
     pub row: AssignmentRow,
     pub keeper_id: Uuid,
-    /// No kept row points at this row's Flex line: the contact would be no row's any more.
-    pub line_orphaned: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// In storage order: the delete then reads the table front to back.
+    pub removals: Vec<Removal>,
+    /// Pairs with more than one row.
+    pub duplicate_groups: usize,
+    /// `(crew_call_id, line_id)` of each Flex line only removed rows point at: those contacts
+    /// would be no row's any more. Distinct, in uuid order.
+    pub orphaned_lines: Vec<(Uuid, Uuid)>,
 }
 
 /// A pair's keeper so far, without the pair (the map's key) and packed into 48 bytes, since one
@@ -95,22 +104,49 @@ impl Keeper {
     }
 }
 
-/// Not sized up front: the planner's row count would round the table up to twice the memory
-/// whenever the rows are just over a power of two, while growing costs a few rehashes.
+/// Numbers the distinct uuids of one column in order of first sight. Crew calls and technicians
+/// are few next to their pairs, so these maps stay in cache while the pairs' map does not.
+#[derive(Debug, Default)]
+struct Numbering {
+    numbers: FxHashMap<Uuid, u32>,
+}
+
+impl Numbering {
+    fn number(&mut self, uuid: Uuid) -> u32 {
+        let next = self.numbers.len() as u32;
+        *self.numbers.entry(uuid).or_insert(next)
+    }
+}
+
+/// The keepers are kept in the order their pairs were first seen; a map from the pair's two
+/// numbers (8 bytes, not the 32 of two uuids) to the keeper's place is all that is looked up at
+/// random. That map is the dedupe's cache misses, one probe per row, so it is kept to 16 bytes a
+/// pair, while the keepers are written one after the other. Neither is sized up front: the
+/// planner's row count would round them up to twice the memory whenever the rows are just over a
+/// power of two, while growing costs a few copies.
 #[derive(Debug, Default)]
 pub struct Dedupe {
-    keepers: FxHashMap<(Uuid, Uuid), Keeper>,
+    crew_calls: Numbering,
+    technicians: Numbering,
+    places: FxHashMap<u64, u32>,
+    keepers: Vec<Keeper>,
     displaced: Vec<AssignmentRow>,
 }
 
 impl Dedupe {
+    fn pair_number(&mut self, row: &AssignmentRow) -> u64 {
+        u64::from(self.crew_calls.number(row.crew_call_id)) << 32 | u64::from(self.technicians.number(row.technician_id))
+    }
+
     pub fn add(&mut self, row: AssignmentRow) {
-        match self.keepers.entry(row.pair()) {
+        let pair = self.pair_number(&row);
+        match self.places.entry(pair) {
             Entry::Vacant(slot) => {
-                slot.insert(Keeper::of(&row));
+                slot.insert(self.keepers.len() as u32);
+                self.keepers.push(Keeper::of(&row));
             }
-            Entry::Occupied(mut slot) => {
-                let keeper = slot.get_mut();
+            Entry::Occupied(slot) => {
+                let keeper = &mut self.keepers[*slot.get() as usize];
                 if age(row.created_at, row.id) < age(keeper.created_at(), keeper.id) {
                     let beaten = std::mem::replace(keeper, Keeper::of(&row));
                     self.displaced.push(beaten.into_row(row.pair()));
@@ -121,22 +157,26 @@ impl Dedupe {
         }
     }
 
-    /// The removals in storage order (the delete then reads the table front to back).
-    pub fn removals(self) -> Vec<Removal> {
+    pub fn finish(mut self) -> Outcome {
+        let duplicate_groups = self.displaced.iter().map(AssignmentRow::pair).collect::<FxHashSet<_>>().len();
         let removed_lines: FxHashSet<Uuid> = self.displaced.iter().filter_map(|r| r.line_id).collect();
         let kept_lines: FxHashSet<Uuid> =
-            self.keepers.values().filter_map(Keeper::line_id).filter(|l| removed_lines.contains(l)).collect();
-        let mut removals: Vec<Removal> = self
+            self.keepers.iter().filter_map(Keeper::line_id).filter(|l| removed_lines.contains(l)).collect();
+        let mut orphaned_lines: Vec<(Uuid, Uuid)> = self
             .displaced
+            .iter()
+            .filter_map(|r| Some((r.crew_call_id, r.line_id.filter(|l| !kept_lines.contains(l))?)))
+            .collect::<FxHashSet<_>>()
             .into_iter()
-            .map(|row| Removal {
-                keeper_id: self.keepers[&row.pair()].id,
-                line_orphaned: row.line_id.is_some_and(|l| !kept_lines.contains(&l)),
-                row,
-            })
             .collect();
+        orphaned_lines.sort_unstable();
+        let mut removals = Vec::with_capacity(self.displaced.len());
+        for row in std::mem::take(&mut self.displaced) {
+            let pair = self.pair_number(&row);
+            removals.push(Removal { keeper_id: self.keepers[self.places[&pair] as usize].id, row });
+        }
         removals.sort_unstable_by_key(|r| r.row.address);
-        removals
+        Outcome { removals, duplicate_groups, orphaned_lines }
     }
 }
 
@@ -161,16 +201,16 @@ mod tests {
         }
     }
 
-    fn run(rows: &[AssignmentRow]) -> Vec<Removal> {
+    fn run(rows: &[AssignmentRow]) -> Outcome {
         let mut dedupe = Dedupe::default();
         for r in rows {
             dedupe.add(*r);
         }
-        dedupe.removals()
+        dedupe.finish()
     }
 
-    /// The keeper must not depend on the order the table is read in.
-    fn every_order(rows: &[AssignmentRow]) -> Vec<Vec<Removal>> {
+    /// The outcome must not depend on the order the table is read in.
+    fn every_order(rows: &[AssignmentRow]) -> Vec<Outcome> {
         let mut results = Vec::new();
         for start in 0..rows.len() {
             let mut turned = rows.to_vec();
@@ -191,10 +231,11 @@ mod tests {
     #[test]
     fn the_oldest_row_of_a_pair_stays_and_null_created_at_counts_as_newest() {
         let rows = [row(1, (1, 1), Some(50), 10, 1), row(2, (1, 1), None, 11, 2), row(3, (1, 1), Some(20), 12, 3)];
-        for removals in every_order(&rows) {
-            assert_eq!(removed_ids(&removals), vec![uuid(10), uuid(11)]);
-            assert!(removals.iter().all(|r| r.keeper_id == uuid(12)));
-            assert!(removals.contains(&Removal { row: rows[1], keeper_id: uuid(12), line_orphaned: true }));
+        for outcome in every_order(&rows) {
+            assert_eq!(removed_ids(&outcome.removals), vec![uuid(10), uuid(11)]);
+            assert!(outcome.removals.iter().all(|r| r.keeper_id == uuid(12)));
+            assert!(outcome.removals.contains(&Removal { row: rows[1], keeper_id: uuid(12) }));
+            assert_eq!(outcome.duplicate_groups, 1);
         }
     }
 
@@ -204,13 +245,13 @@ mod tests {
         high_first_byte[0] = 0xff;
         let older_by_id = row(1, (1, 1), Some(5), 2, 1);
         let newer_by_id = AssignmentRow { id: high_first_byte, ..row(2, (1, 1), Some(5), 0, 2) };
-        for removals in every_order(&[newer_by_id, older_by_id]) {
-            assert_eq!(removed_ids(&removals), vec![high_first_byte]);
-            assert_eq!(removals[0].keeper_id, uuid(2));
+        for outcome in every_order(&[newer_by_id, older_by_id]) {
+            assert_eq!(removed_ids(&outcome.removals), vec![high_first_byte]);
+            assert_eq!(outcome.removals[0].keeper_id, uuid(2));
         }
         let both_null = [row(1, (1, 1), None, 9, 1), row(2, (1, 1), None, 8, 2)];
-        for removals in every_order(&both_null) {
-            assert_eq!(removed_ids(&removals), vec![uuid(9)]);
+        for outcome in every_order(&both_null) {
+            assert_eq!(removed_ids(&outcome.removals), vec![uuid(9)]);
         }
     }
 
@@ -222,11 +263,12 @@ mod tests {
             row(3, (2, 1), Some(1), 3, 3),
             row(4, (1, 2), Some(0), 4, 4),
         ];
-        for removals in every_order(&rows) {
-            assert_eq!(removed_ids(&removals), vec![uuid(2)]);
-            assert_eq!(removals[0].keeper_id, uuid(4));
+        for outcome in every_order(&rows) {
+            assert_eq!(removed_ids(&outcome.removals), vec![uuid(2)]);
+            assert_eq!(outcome.removals[0].keeper_id, uuid(4));
+            assert_eq!(outcome.duplicate_groups, 1);
         }
-        assert!(run(&rows[..3]).is_empty());
+        assert_eq!(run(&rows[..3]), Outcome::default());
     }
 
     #[test]
@@ -247,27 +289,34 @@ mod tests {
             row(9, (1, 5), Some(2), 9, 106),
             row(10, (1, 5), Some(3), 10, 106),
         ];
-        for removals in every_order(&rows) {
-            let orphaned: Vec<(Uuid, bool)> = removals.iter().map(|r| (r.row.id, r.line_orphaned)).collect();
-            assert_eq!(
-                orphaned,
-                vec![(uuid(2), false), (uuid(4), true), (uuid(6), false), (uuid(9), true), (uuid(10), true)]
-            );
+        for outcome in every_order(&rows) {
+            assert_eq!(removed_ids(&outcome.removals), vec![uuid(2), uuid(4), uuid(6), uuid(9), uuid(10)]);
+            assert_eq!(outcome.duplicate_groups, 4);
+            // Pair D's shared line counts once; a line of another crew call counts apart.
+            assert_eq!(outcome.orphaned_lines, vec![(uuid(1), uuid(102)), (uuid(1), uuid(106))]);
         }
+        let mut other_call = rows.to_vec();
+        other_call.push(row(11, (2, 5), Some(1), 11, 107));
+        other_call.push(row(12, (2, 5), Some(2), 12, 106));
+        assert_eq!(
+            run(&other_call).orphaned_lines,
+            vec![(uuid(1), uuid(102)), (uuid(1), uuid(106)), (uuid(2), uuid(106))]
+        );
     }
 
     #[test]
     fn a_row_without_a_line_is_removed_and_orphans_nothing() {
         let rows = [row(1, (1, 1), Some(1), 1, 1), AssignmentRow { line_id: None, ..row(2, (1, 1), Some(2), 2, 0) }];
-        for removals in every_order(&rows) {
-            assert_eq!(removals, vec![Removal { row: rows[1], keeper_id: uuid(1), line_orphaned: false }]);
+        for outcome in every_order(&rows) {
+            assert_eq!(outcome.removals, vec![Removal { row: rows[1], keeper_id: uuid(1) }]);
+            assert!(outcome.orphaned_lines.is_empty());
         }
     }
 
     #[test]
     fn removals_come_in_storage_order() {
         let rows = [row(9, (1, 1), Some(1), 1, 1), row(3, (1, 1), Some(2), 2, 2), row(7, (1, 1), Some(3), 3, 3)];
-        let addresses: Vec<u64> = run(&rows).iter().map(|r| r.row.address).collect();
+        let addresses: Vec<u64> = run(&rows).removals.iter().map(|r| r.row.address).collect();
         assert_eq!(addresses, vec![3, 7]);
     }
 }

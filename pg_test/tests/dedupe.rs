@@ -197,3 +197,56 @@ fn a_dedupe_among_concurrent_syncs_never_deadlocks_and_leaves_no_duplicates() {
     sync(&mut client, &job.id);
     assert_converged(&mut client, &sim, &job);
 }
+
+fn dedupe_error(client: &mut Client, dry_run: bool) -> postgres::error::DbError {
+    let err = client.query_one("SELECT flex_dedupe_assignments($1)", &[&dry_run]).unwrap_err();
+    err.as_db_error().expect("a server error").clone()
+}
+
+#[test]
+fn a_column_of_another_type_is_refused_with_its_name_and_nothing_changes() {
+    let (_db, _sim, _job, mut client, _extra) = racy_job("dedupe_types");
+    client.batch_execute("ALTER TABLE flex_crew_assignments ALTER flex_line_item_id TYPE text").unwrap();
+    let before = table_fingerprint(&mut client);
+    for dry_run in [true, false] {
+        let err = dedupe_error(&mut client, dry_run);
+        assert_eq!(err.code().code(), "42804", "datatype_mismatch: {err:?}");
+        assert!(err.message().contains("flex_line_item_id must be of type uuid"), "{err:?}");
+        assert!(err.hint().is_some_and(|h| h.contains("timestamptz")), "{err:?}");
+    }
+    assert_eq!(table_fingerprint(&mut client), before);
+    let audit: i64 = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
+    assert_eq!(audit, 0);
+}
+
+/// The rows are read below SQL, so the owner's right to read them all is checked there: the
+/// delete would otherwise act on other rows than the ones decided on.
+#[test]
+fn an_owner_that_may_not_read_every_row_is_refused() {
+    let (_db, _sim, _job, mut client, _extra) = racy_job("dedupe_rls");
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE dedupe_owner NOSUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT USAGE ON SCHEMA flex_sync_private TO dedupe_owner;
+             GRANT EXECUTE ON FUNCTION flex_sync_private.dedupe_plan(oid) TO dedupe_owner;
+             GRANT SELECT ON flex_crew_calls TO dedupe_owner;
+             ALTER FUNCTION flex_dedupe_assignments(boolean) OWNER TO dedupe_owner;",
+        )
+        .unwrap();
+    let err = dedupe_error(&mut client, true);
+    assert_eq!(err.code().code(), "42501", "{err:?}");
+    assert!(err.message().contains("may not SELECT"), "{err:?}");
+
+    client
+        .batch_execute(
+            "GRANT SELECT ON flex_crew_assignments TO dedupe_owner;
+             ALTER TABLE flex_crew_assignments ENABLE ROW LEVEL SECURITY;",
+        )
+        .unwrap();
+    let err = dedupe_error(&mut client, true);
+    assert_eq!(err.code().code(), "42501", "{err:?}");
+    assert!(err.message().contains("row-level security"), "{err:?}");
+
+    client.batch_execute("ALTER TABLE flex_crew_assignments DISABLE ROW LEVEL SECURITY").unwrap();
+    assert_eq!(dedupe(&mut client, true)["duplicate_groups"], 2);
+}
