@@ -64,6 +64,16 @@ fn every_released_version_upgrades_to_what_a_fresh_install_is() {
         let mut client = db.connect();
         client.batch_execute(&format!("CREATE EXTENSION flex_sync VERSION '{version}'")).unwrap();
         assert_ne!(fingerprint(&mut client), expected, "{version} differs from {current} before the update");
+        if version == "0.3.0" {
+            // 0.4.0's library no longer has what 0.3.0's SQL calls: a clear error until the update.
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute("SELECT flex_sync_install_reference_schema()").unwrap();
+            let err = tx.query_one("SELECT flex_dedupe_assignments(true)", &[]).unwrap_err();
+            let err = err.as_db_error().expect("a server error");
+            assert_eq!(err.code().code(), "55000", "{err:?}");
+            assert!(err.hint().is_some_and(|h| h.contains("ALTER EXTENSION flex_sync UPDATE")), "{err:?}");
+            tx.rollback().unwrap();
+        }
         client.batch_execute("ALTER EXTENSION flex_sync UPDATE").unwrap();
         let upgraded = fingerprint(&mut client);
         let head = |o: &String| o.chars().take(160).collect::<String>();
