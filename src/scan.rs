@@ -8,7 +8,7 @@ use pgrx::pg_sys;
 
 use crate::error::FlexSyncError;
 
-/// The columns the dedupe reads, in the order `visit_row` takes them, with their required types.
+/// The columns the dedupe reads, with their required types; `scan` reads them by their place here.
 const COLUMNS: [(&str, pg_sys::Oid, &str); 5] = [
     ("crew_call_id", pg_sys::UUIDOID, "uuid"),
     ("technician_id", pg_sys::UUIDOID, "uuid"),

@@ -52,8 +52,8 @@ pub struct Outcome {
     pub orphaned_lines: Vec<(Uuid, Uuid)>,
 }
 
-/// A pair's keeper so far, without the pair (the map's key) and packed into 48 bytes, since one
-/// is held per pair of the table. A ctid needs 48 bits of `packed_address`; its top two bits say
+/// A pair's keeper so far, without the pair (`Dedupe::places` says whose it is) and packed into
+/// 48 bytes, since one is held per pair of the table. A ctid needs 48 bits of `packed_address`; its top two bits say
 /// whether created_at and line_id are NULL.
 #[derive(Debug, Clone, Copy)]
 struct Keeper {
