@@ -105,7 +105,7 @@ impl Keeper {
 }
 
 /// Numbers the distinct uuids of one column in order of first sight. Crew calls and technicians
-/// are few next to their pairs, so these maps stay in cache while the pairs' map does not.
+/// are few next to their pairs, so these maps stay in cache while the pairs do not.
 #[derive(Debug, Default)]
 struct Numbering {
     numbers: FxHashMap<Uuid, u32>,
@@ -118,63 +118,69 @@ impl Numbering {
     }
 }
 
-/// The keepers are kept in the order their pairs were first seen; a map from the pair's two
-/// numbers (8 bytes, not the 32 of two uuids) to the keeper's place is all that is looked up at
-/// random. That map is the dedupe's cache misses, one probe per row, so it is kept to 16 bytes a
-/// pair, while the keepers are written one after the other. Neither is sized up front: the
-/// planner's row count would round them up to twice the memory whenever the rows are just over a
-/// power of two, while growing costs a few copies.
+/// The keepers are kept in the order their pairs were first seen; what is looked up for every
+/// row is the keeper's place, in one small map per crew call from the technician's number (8
+/// bytes an entry, not the 32 of two uuids). Rows of one crew call tend to be stored together,
+/// as a job's crew is assigned together, so the map a row needs is usually the one the rows
+/// before it warmed: one map of all pairs missed the cache on nearly every row. Nothing is
+/// sized up front: the planner's row count would round the maps up to twice the memory
+/// whenever the rows are just over a power of two, while growing costs a few copies.
 #[derive(Debug, Default)]
 pub struct Dedupe {
     crew_calls: Numbering,
     technicians: Numbering,
-    places: FxHashMap<u64, u32>,
+    /// Indexed by the crew call's number: technician's number to the place in `keepers`.
+    places: Vec<FxHashMap<u32, u32>>,
     keepers: Vec<Keeper>,
-    displaced: Vec<AssignmentRow>,
+    /// Each row that lost, with its pair's place in `keepers`: the place outlives any later
+    /// change of keeper, so the final keeper is read there without looking the pair up again.
+    displaced: Vec<(AssignmentRow, u32)>,
 }
 
 impl Dedupe {
-    fn pair_number(&mut self, row: &AssignmentRow) -> u64 {
-        u64::from(self.crew_calls.number(row.crew_call_id)) << 32 | u64::from(self.technicians.number(row.technician_id))
-    }
-
     pub fn add(&mut self, row: AssignmentRow) {
-        let pair = self.pair_number(&row);
-        match self.places.entry(pair) {
+        let crew_call = self.crew_calls.number(row.crew_call_id) as usize;
+        let technician = self.technicians.number(row.technician_id);
+        if crew_call == self.places.len() {
+            self.places.push(FxHashMap::default());
+        }
+        match self.places[crew_call].entry(technician) {
             Entry::Vacant(slot) => {
                 slot.insert(self.keepers.len() as u32);
                 self.keepers.push(Keeper::of(&row));
             }
             Entry::Occupied(slot) => {
-                let keeper = &mut self.keepers[*slot.get() as usize];
+                let place = *slot.get();
+                let keeper = &mut self.keepers[place as usize];
                 if age(row.created_at, row.id) < age(keeper.created_at(), keeper.id) {
                     let beaten = std::mem::replace(keeper, Keeper::of(&row));
-                    self.displaced.push(beaten.into_row(row.pair()));
+                    self.displaced.push((beaten.into_row(row.pair()), place));
                 } else {
-                    self.displaced.push(row);
+                    self.displaced.push((row, place));
                 }
             }
         }
     }
 
-    pub fn finish(mut self) -> Outcome {
-        let duplicate_groups = self.displaced.iter().map(AssignmentRow::pair).collect::<FxHashSet<_>>().len();
-        let removed_lines: FxHashSet<Uuid> = self.displaced.iter().filter_map(|r| r.line_id).collect();
+    pub fn finish(self) -> Outcome {
+        let mut twinned = vec![false; self.keepers.len()];
+        let duplicate_groups =
+            self.displaced.iter().filter(|&&(_, place)| !std::mem::replace(&mut twinned[place as usize], true)).count();
+        let removed_lines: FxHashSet<Uuid> = self.displaced.iter().filter_map(|(r, _)| r.line_id).collect();
         let kept_lines: FxHashSet<Uuid> =
             self.keepers.iter().filter_map(Keeper::line_id).filter(|l| removed_lines.contains(l)).collect();
         let mut orphaned_lines: Vec<(Uuid, Uuid)> = self
             .displaced
             .iter()
-            .filter_map(|r| Some((r.crew_call_id, r.line_id.filter(|l| !kept_lines.contains(l))?)))
-            .collect::<FxHashSet<_>>()
-            .into_iter()
+            .filter_map(|(r, _)| Some((r.crew_call_id, r.line_id.filter(|l| !kept_lines.contains(l))?)))
             .collect();
         orphaned_lines.sort_unstable();
-        let mut removals = Vec::with_capacity(self.displaced.len());
-        for row in std::mem::take(&mut self.displaced) {
-            let pair = self.pair_number(&row);
-            removals.push(Removal { keeper_id: self.keepers[self.places[&pair] as usize].id, row });
-        }
+        orphaned_lines.dedup();
+        let mut removals: Vec<Removal> = self
+            .displaced
+            .iter()
+            .map(|&(row, place)| Removal { keeper_id: self.keepers[place as usize].id, row })
+            .collect();
         removals.sort_unstable_by_key(|r| r.row.address);
         Outcome { removals, duplicate_groups, orphaned_lines }
     }
