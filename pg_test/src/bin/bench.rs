@@ -283,8 +283,96 @@ fn timed_with_peak_memory(client: &mut Client, sql: &str) -> (Duration, u64) {
     (elapsed, sampler.join().unwrap() / 1024)
 }
 
+/// The dedupe methods the bench compares, each on its own copy of the same rows.
+struct DedupeMethod {
+    label: &'static str,
+    /// The table it changes; its rows are compared with the oldest of each pair afterwards.
+    table: &'static str,
+    sql: String,
+    audit: &'static str,
+    constraint: &'static str,
+}
+
+/// The seed checklist's delete: every row of a pair but the oldest, numbered by a window.
+fn row_number_delete(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE id IN (
+           SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
+                                                         ORDER BY created_at ASC, id ASC) rn FROM {table}) r
+           WHERE rn > 1);"
+    )
+}
+
+fn dedupe_methods() -> [DedupeMethod; 4] {
+    [
+        DedupeMethod {
+            label: "flex_dedupe_assignments()",
+            table: "flex_crew_assignments",
+            sql: "SELECT flex_dedupe_assignments()".into(),
+            audit: "every removed row",
+            constraint: "created",
+        },
+        DedupeMethod {
+            label: "seed checklist: ROW_NUMBER delete",
+            table: "copy_rownumber",
+            sql: row_number_delete("copy_rownumber"),
+            audit: "none",
+            constraint: "no",
+        },
+        DedupeMethod {
+            label: "seed checklist: ROW_NUMBER delete, then ADD CONSTRAINT UNIQUE",
+            table: "copy_checklist",
+            sql: row_number_delete("copy_checklist")
+                + "ALTER TABLE copy_checklist ADD CONSTRAINT copy_checklist_key UNIQUE (crew_call_id, technician_id);",
+            audit: "none",
+            constraint: "added",
+        },
+        DedupeMethod {
+            label: "seed ADR: DELETE ... USING ... a.id < b.id",
+            table: "copy_adr",
+            sql: "DELETE FROM copy_adr a USING copy_adr b
+                  WHERE a.crew_call_id = b.crew_call_id AND a.technician_id = b.technician_id AND a.id < b.id"
+                .into(),
+            audit: "none",
+            constraint: "no",
+        },
+    ]
+}
+
+const DEDUPE_ROUNDS: usize = 5;
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Puts the same 1,000,000 rows back into every method's table, each vacuumed (hint bits and
+/// visibility map set) and analyzed, so every method starts from the same physical state.
+fn reload_dedupe_tables(client: &mut Client, methods: &[DedupeMethod]) {
+    client
+        .batch_execute(
+            "DROP INDEX IF EXISTS flex_crew_assignments_crew_call_id_technician_id_key;
+             TRUNCATE flex_crew_assignments, flex_dedupe_audit;
+             -- The rows are the ones the foreign keys accepted when bench_source was filled.
+             ALTER TABLE flex_crew_assignments DISABLE TRIGGER ALL;
+             INSERT INTO flex_crew_assignments SELECT * FROM bench_source;
+             ALTER TABLE flex_crew_assignments ENABLE TRIGGER ALL;
+             DROP TABLE IF EXISTS copy_rownumber, copy_checklist, copy_adr;
+             CREATE TABLE copy_rownumber AS SELECT * FROM bench_source;
+             CREATE TABLE copy_checklist AS SELECT * FROM bench_source;
+             CREATE TABLE copy_adr AS SELECT * FROM bench_source;",
+        )
+        .unwrap();
+    for table in methods.iter().map(|m| m.table) {
+        client.batch_execute(&format!("VACUUM ANALYZE {table}")).unwrap();
+    }
+}
+
 /// 1,000,000 rows with 100,000 duplicate groups: flex_dedupe_assignments against the seed
-/// checklist's ROW_NUMBER delete and the ADR's `a.id < b.id` delete, on identical copies.
+/// checklist's ROW_NUMBER delete and the ADR's `a.id < b.id` delete, on identical copies, in
+/// several rounds with the order of the methods turned each round, as this shared machine's
+/// speed drifts by tens of percent from one minute to the next.
 fn dedupe(b: &mut Bench) {
     b.line("\n## 5. Dedupe of 1,000,000 rows with 100,000 duplicate groups\n");
     let (_db, _sim, mut client) = fresh("bench_dedupe", json!({}));
@@ -300,75 +388,73 @@ fn dedupe(b: &mut Bench) {
              INSERT INTO flex_crew_assignments (id, crew_call_id, technician_id, flex_line_item_id, created_at)
                SELECT gen_random_uuid(), crew_call_id, technician_id, gen_random_uuid(), created_at + interval '1 minute'
                FROM flex_crew_assignments TABLESAMPLE BERNOULLI (100) LIMIT 100000;
+             CREATE TABLE bench_source AS SELECT * FROM flex_crew_assignments;
              CREATE TABLE oldest AS SELECT DISTINCT ON (crew_call_id, technician_id) id
-               FROM flex_crew_assignments ORDER BY crew_call_id, technician_id, created_at, id;
-             CREATE TABLE copy_rownumber AS SELECT * FROM flex_crew_assignments;
-             CREATE TABLE copy_checklist AS SELECT * FROM flex_crew_assignments;
-             CREATE TABLE copy_adr AS SELECT * FROM flex_crew_assignments;
-             ANALYZE;",
+               FROM bench_source ORDER BY crew_call_id, technician_id, created_at, id;
+             CREATE UNIQUE INDEX ON oldest (id);",
         )
         .unwrap();
-    let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
-    let ours = timed_with_peak_memory(&mut client, "SELECT flex_dedupe_assignments()");
-    let rownumber = timed_with_peak_memory(
-        &mut client,
-        "DELETE FROM copy_rownumber WHERE id IN (
-           SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
-                                                         ORDER BY created_at ASC, id ASC) rn FROM copy_rownumber) r
-           WHERE rn > 1)",
-    );
-    let checklist = timed_with_peak_memory(
-        &mut client,
-        "DELETE FROM copy_checklist WHERE id IN (
-           SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY crew_call_id, technician_id
-                                                         ORDER BY created_at ASC, id ASC) rn FROM copy_checklist) r
-           WHERE rn > 1);
-         ALTER TABLE copy_checklist ADD CONSTRAINT copy_checklist_key UNIQUE (crew_call_id, technician_id);",
-    );
-    let adr = timed_with_peak_memory(
-        &mut client,
-        "DELETE FROM copy_adr a USING copy_adr b
-         WHERE a.crew_call_id = b.crew_call_id AND a.technician_id = b.technician_id AND a.id < b.id",
-    );
-    let wrong = |client: &mut Client, table: &str| -> i64 {
-        client
-            .query_one(&format!("SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM oldest o WHERE o.id = t.id)"), &[])
-            .unwrap()
-            .get(0)
+    let rows: i64 = client.query_one("SELECT count(*) FROM bench_source", &[]).unwrap().get(0);
+    let methods = dedupe_methods();
+    let mut times = vec![Vec::new(); methods.len()];
+    let mut peaks = vec![0; methods.len()];
+    let mut wrong = vec![0i64; methods.len()];
+    let mut audited = 0i64;
+    for round in 0..DEDUPE_ROUNDS {
+        reload_dedupe_tables(&mut client, &methods);
+        let mut order: Vec<usize> = (0..methods.len()).collect();
+        order.rotate_left(round % methods.len());
+        for &m in &order {
+            let (elapsed, peak) = timed_with_peak_memory(&mut client, &methods[m].sql);
+            times[m].push(ms(elapsed));
+            peaks[m] = peaks[m].max(peak);
+        }
+        for (m, method) in methods.iter().enumerate() {
+            wrong[m] = wrong[m].max(
+                client
+                    .query_one(
+                        &format!("SELECT count(*) FROM {} t WHERE NOT EXISTS (SELECT 1 FROM oldest o WHERE o.id = t.id)", method.table),
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0),
+            );
+        }
+        audited = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
+    }
+    b.line(&format!("{rows} rows before. {DEDUPE_ROUNDS} rounds; each method's median, then every round's time.\n"));
+    b.line("| method | median | rounds | backend peak private memory | audit copy | unique constraint | groups that kept a row other than the oldest |");
+    b.line("|---|---|---|---|---|---|---|");
+    for (m, method) in methods.iter().enumerate() {
+        let each: Vec<String> = times[m].iter().map(|t| format!("{t:.0}")).collect();
+        let audit = if m == 0 { format!("{} ({audited} rows)", method.audit) } else { method.audit.to_string() };
+        b.line(&format!(
+            "| {} | {:.0} ms | {} | {} MiB | {audit} | {} | {} |",
+            method.label,
+            median(&times[m]),
+            each.join(" / "),
+            peaks[m],
+            method.constraint,
+            wrong[m]
+        ));
+    }
+    let ratios = |other: usize| -> Vec<f64> { times[0].iter().zip(&times[other]).map(|(ours, theirs)| ours / theirs).collect() };
+    let describe = |r: &[f64]| {
+        let each: Vec<String> = r.iter().map(|x| format!("{x:.2}x")).collect();
+        format!("median {:.2}x (rounds: {})", median(r), each.join(", "))
     };
-    let wrong_ours = wrong(&mut client, "flex_crew_assignments");
-    let wrong_rownumber = wrong(&mut client, "copy_rownumber");
-    let wrong_adr = wrong(&mut client, "copy_adr");
-    let audited: i64 = client.query_one("SELECT count(*) FROM flex_dedupe_audit", &[]).unwrap().get(0);
-    b.line(&format!("{rows} rows before.\n"));
-    b.line("| method | time | backend peak private memory | audit copy | unique constraint | groups that kept a row other than the oldest |");
-    b.line("|---|---|---|---|---|---|");
     b.line(&format!(
-        "| flex_dedupe_assignments() | {:.0} ms | {} MiB | {audited} rows | created | {wrong_ours} |",
-        ms(ours.0),
-        ours.1
+        "\nflex_dedupe_assignments() against the ROW_NUMBER delete, round by round: {}.",
+        describe(&ratios(1))
     ));
-    b.line(&format!(
-        "| seed checklist: ROW_NUMBER delete | {:.0} ms | {} MiB | none | no | {wrong_rownumber} |",
-        ms(rownumber.0),
-        rownumber.1
-    ));
-    b.line(&format!(
-        "| seed checklist: ROW_NUMBER delete, then ADD CONSTRAINT UNIQUE | {:.0} ms | {} MiB | none | added | {} |",
-        ms(checklist.0),
-        checklist.1,
-        wrong(&mut client, "copy_checklist")
-    ));
-    b.line(&format!(
-        "| seed ADR: DELETE ... USING ... a.id < b.id | {:.0} ms | {} MiB | none | no | {wrong_adr} |",
-        ms(adr.0),
-        adr.1
-    ));
+    b.line(&format!("Against the ROW_NUMBER delete then ADD CONSTRAINT: {}.", describe(&ratios(2))));
     b.line("\nThe ADR variant keeps the row with the largest uuid, a random row, not the oldest. Goal: flex_dedupe_assignments");
-    b.line("no slower than the ROW_NUMBER delete while also auditing. The fair comparison is the checklist's full phase 1");
-    b.line("(delete, then add the constraint), which reaches the same end state without the audit. Peak private memory");
-    b.line("is the backend's RssAnon sampled every 5 ms while the statement runs (the checklist runs with the default work_mem).");
-    b.line("Each method starts after a CHECKPOINT, so none pays for writing the pages the setup or the method before dirtied.");
+    b.line("no slower than the ROW_NUMBER delete while also auditing; it also builds the unique index, which the");
+    b.line("checklist's full phase 1 (delete, then add the constraint) does too. Before every round each method's table");
+    b.line("is refilled with the same rows, vacuumed and analyzed; the order of the methods turns by one each round.");
+    b.line("Each method starts after a CHECKPOINT, so none pays for writing the pages the setup or the method before");
+    b.line("dirtied. Peak private memory is the backend's RssAnon sampled every 5 ms, the largest over the rounds (the");
+    b.line("checklist runs with the default work_mem).");
 }
 
 fn main() {
