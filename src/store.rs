@@ -183,10 +183,6 @@ pub fn note_rate_limited() -> Result<()> {
     )
 }
 
-/// Namespace of flex_sync's advisory locks: the two-int form `(classid, objid)` with this classid
-/// ('FLXS'). Applications that use the one-bigint form can never collide with it (Postgres keeps
-/// the two forms apart); objid is `hashtext(job_id || '/' || department)`, so two crew calls may
-/// share a lock and merely serialize.
 /// What a call needs to know about its session before it starts, read in one statement.
 #[derive(Deserialize)]
 pub struct CallContext {
@@ -217,6 +213,10 @@ pub fn call_context(job: &str) -> Result<CallContext> {
     )
 }
 
+/// Namespace of flex_sync's advisory locks: the two-int form `(classid, objid)` with this classid
+/// ('FLXS'). Applications that use the one-bigint form can never collide with it (Postgres keeps
+/// the two forms apart); objid is `hashtext(job_id || '/' || department)`, so two crew calls may
+/// share a lock and merely serialize.
 pub const ADVISORY_LOCK_CLASSID: i32 = 0x464C_5853;
 
 /// Takes the transaction-scoped lock of one (job, department); with `wait` false, returns false
