@@ -28,8 +28,6 @@ pgrx_data=/tmp/flex_sync_pgrx_test
 step pg_test cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
 # `cargo pgrx test` leaves its test build installed; install the real one.
 step install cargo pgrx install --pg-config "$pg_config" || { echo "install failed"; exit 1; }
-# The released install scripts, so the upgrade test can start from each released version.
-install -m 644 sql/archive/*.sql "$("$pg_config" --sharedir)/extension/"
 
 cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }

@@ -1,21 +1,87 @@
--- Who may call what (DESIGN.md section 6). Nothing is executable by PUBLIC but the settings
--- view's owner-side functions; callers are granted explicitly, e.g.
---   GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO service_role;
-REVOKE EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_configure(text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_install_reference_schema() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_desired_crew(uuid, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_private.effective_settings() FROM PUBLIC;
+-- Who may use what (README: "Who may call what"). Every function, relation and schema of the
+-- extension is its owner's alone, except the grants listed in intended_grants(). Default
+-- privileges in force when CREATE EXTENSION or an update runs (Supabase grants ALL on new
+-- functions, tables and sequences to anon, authenticated and service_role; the live app grants
+-- DML on new tables to anon and authenticated) name roles one by one, so revoking from PUBLIC is
+-- not enough: restrict_acls() revokes every privilege held by anyone but the owner that is not
+-- intended, then refuses to finish if one is left. Every install and update script ends with it.
 
--- flex_sync_job reads the private settings and writes the application's tables as the
--- extension's owner, like the Edge Function's service role did; its search_path is pinned.
-ALTER FUNCTION flex_sync_job(uuid, text[], boolean)
-    SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
-ALTER FUNCTION flex_sync_configure(text, text, jsonb)
-    SET search_path = pg_catalog, public, pg_temp;
-REVOKE EXECUTE ON FUNCTION flex_dedupe_assignments(boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_requeue(uuid) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_enable_queue() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_private.mark_dirty(uuid, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION flex_sync_private.dedupe_plan(oid) FROM PUBLIC;
+-- The grants the extension makes itself, where the role exists: the frontend's roles may call
+-- the sync (flex_sync_authorize() still refuses anon and non-managers). Nothing else.
+CREATE FUNCTION flex_sync_private.intended_grants()
+RETURNS TABLE (object text, grantee name, privilege text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    VALUES ('@extschema@.flex_sync_job(uuid,text[],boolean)', 'authenticated'::name, 'EXECUTE'),
+           ('@extschema@.flex_sync_job(uuid,text[],boolean)', 'service_role'::name, 'EXECUTE');
+$$;
+
+-- Every privilege on a member of the extension held by a role other than the object's owner
+-- (PUBLIC included, column privileges included) that intended_grants() does not list. `kind`
+-- and `object` are what GRANT and REVOKE take; objects are named schema-qualified, as the
+-- pinned search_path makes regprocedure and regclass print them.
+CREATE FUNCTION flex_sync_private.unintended_grants()
+RETURNS TABLE (kind text, object text, grantee text, privilege text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH members AS (
+        SELECT d.classid, d.objid
+        FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+        WHERE d.refclassid = 'pg_extension'::regclass AND e.extname = 'flex_sync' AND d.deptype = 'e'
+    ), held AS (
+        SELECT 'FUNCTION' AS kind, p.oid::regprocedure::text AS object, p.proowner AS owner, a.grantee,
+               a.privilege_type AS privilege
+        FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid,
+             aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+        UNION ALL
+        SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass::text, c.relowner,
+               a.grantee, a.privilege_type
+        FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid,
+             aclexplode(coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
+        UNION ALL
+        SELECT 'TABLE', c.oid::regclass::text, c.relowner, a.grantee,
+               a.privilege_type || ' (' || quote_ident(att.attname) || ')'
+        FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+             JOIN pg_attribute att ON att.attrelid = c.oid AND att.attacl IS NOT NULL,
+             aclexplode(att.attacl) a
+        UNION ALL
+        SELECT 'SCHEMA', quote_ident(n.nspname), n.nspowner, a.grantee, a.privilege_type
+        FROM members m JOIN pg_namespace n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid,
+             aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+    )
+    SELECT h.kind, h.object, CASE WHEN h.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, h.privilege
+    FROM held h LEFT JOIN pg_roles r ON r.oid = h.grantee
+    WHERE h.grantee <> h.owner
+      AND NOT EXISTS (SELECT 1 FROM flex_sync_private.intended_grants() i
+                      WHERE i.object = h.object AND i.grantee = r.rolname AND i.privilege = h.privilege)
+    ORDER BY 1, 2, 3, 4;
+$$;
+
+CREATE FUNCTION flex_sync_private.restrict_acls()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    g record;
+    left_over text;
+BEGIN
+    FOR g IN SELECT * FROM flex_sync_private.unintended_grants() LOOP
+        EXECUTE format('REVOKE %s ON %s %s FROM %s CASCADE', g.privilege, g.kind, g.object, g.grantee);
+    END LOOP;
+    FOR g IN SELECT i.* FROM flex_sync_private.intended_grants() i JOIN pg_roles r ON r.rolname = i.grantee LOOP
+        EXECUTE format('GRANT %s ON FUNCTION %s TO %I', g.privilege, g.object, g.grantee);
+    END LOOP;
+    SELECT string_agg(format('%s on %s %s', u.privilege, lower(u.kind), u.object) || ' to ' || u.grantee, '; ')
+    INTO left_over FROM flex_sync_private.unintended_grants() u;
+    IF left_over IS NOT NULL THEN
+        RAISE EXCEPTION 'flex_sync: extension objects are reachable by roles it does not grant: %', left_over
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'revoke these privileges, then run the install or update again';
+    END IF;
+END
+$$;
+
+SELECT flex_sync_private.restrict_acls();

@@ -2,19 +2,27 @@
 -- Application tables (jobs, profiles, job_assignments, flex_crew_calls, flex_crew_assignments)
 -- are not created here: they belong to the application, see flex_sync_install_reference_schema().
 
--- Private state: settings (with the Flex token) and what the sync knows about Flex lines.
--- No caller role can read this schema; only the extension's SECURITY DEFINER functions do.
+-- Private state: settings, the Flex token and what the sync knows about Flex lines.
+-- No caller role can reach this schema (sql/grants.sql); only the extension's SECURITY DEFINER
+-- functions do.
 CREATE SCHEMA flex_sync_private;
-REVOKE ALL ON SCHEMA flex_sync_private FROM PUBLIC;
 
+-- The endpoint and options survive pg_dump; the token does not (below).
 CREATE TABLE flex_sync_private.settings (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     base_url    text NOT NULL,
-    api_token   text,
     options     jsonb NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.settings', '');
+
+-- The token given to flex_sync_configure. Not marked for dumping: an extension table's rows reach
+-- a dump only when marked, so no pg_dump (schema or data) holds it; after a restore, configure the
+-- token again or keep it in Supabase Vault. Readable by the owner alone, like the whole schema.
+CREATE TABLE flex_sync_private.api_token (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    api_token  text NOT NULL
+);
 
 -- What the extension has learnt about the Flex customer: until when its hourly budget is spent.
 CREATE TABLE flex_sync_private.flex_state (
@@ -76,12 +84,12 @@ SELECT pg_catalog.pg_extension_config_dump('flex_sync_log_id_seq', '');
 
 -- The effective Flex settings, token masked: what a DBA looks at.
 CREATE VIEW flex_sync_settings AS
-SELECT base_url,
-       CASE WHEN api_token IS NULL THEN NULL ELSE '********' END AS api_token,
-       options,
-       updated_at
-FROM flex_sync_private.settings;
-REVOKE ALL ON flex_sync_settings FROM PUBLIC;
+SELECT s.base_url,
+       CASE WHEN t.api_token IS NULL THEN NULL ELSE '********' END AS api_token,
+       s.options,
+       s.updated_at
+FROM flex_sync_private.settings s
+LEFT JOIN flex_sync_private.api_token t ON true;
 
 -- Who should be on a department's crew call: the one place that defines it.
 -- Default: a non-empty flex_resource_id, an assignment that is not declined, and either a role
@@ -113,18 +121,25 @@ BEGIN
 END
 $$;
 
--- The settings a sync runs with. The token comes from the settings table, or, where Supabase
--- Vault is installed and no token was configured, from the Vault secret 'flex_api_token'.
+-- The settings a sync runs with. The token is read at call time from the Supabase Vault secret
+-- the option api_token_vault_secret names; without that option, from the token stored by
+-- flex_sync_configure, else from the Vault secret 'flex_api_token' where Vault is installed.
 CREATE FUNCTION flex_sync_private.effective_settings(OUT base_url text, OUT api_token text, OUT options jsonb)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    secret text;
 BEGIN
-    SELECT s.base_url, s.api_token, s.options INTO base_url, api_token, options
-    FROM flex_sync_private.settings s;
+    SELECT s.base_url, s.options INTO base_url, options FROM flex_sync_private.settings s;
+    secret := options ->> 'api_token_vault_secret';
+    IF secret IS NULL THEN
+        SELECT t.api_token INTO api_token FROM flex_sync_private.api_token t;
+        secret := 'flex_api_token';
+    END IF;
     IF api_token IS NULL AND to_regclass('vault.decrypted_secrets') IS NOT NULL THEN
         EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1'
-            INTO api_token USING 'flex_api_token';
+            INTO api_token USING secret;
     END IF;
 END
 $$;
@@ -174,130 +189,6 @@ BEGIN
         created_at        timestamptz DEFAULT now(),
         UNIQUE (crew_call_id, technician_id)
     );
-END
-$$;
-
--- Rows removed by flex_dedupe_assignments(), one batch per run: nothing a dedupe removes is lost.
-CREATE TABLE flex_dedupe_audit (
-    batch_id          uuid NOT NULL,
-    removed_at        timestamptz NOT NULL,
-    crew_call_id      uuid NOT NULL,
-    technician_id     uuid NOT NULL,
-    flex_line_item_id text,
-    -- The id of the row kept for the pair; the removed row whole.
-    kept_row_id       text,
-    removed_row       jsonb NOT NULL
-);
--- Read by every sync: the lines a crew call's removed rows pointed at are the sync's own. The
--- only index: a dedupe pays for each one on every row it removes, and a batch is read back by a
--- person, for whom a sequential scan of the audit will do.
-CREATE INDEX flex_dedupe_audit_crew_call_idx ON flex_dedupe_audit (crew_call_id);
-SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
-REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
-
--- The DBA's cleanup of duplicate (crew_call_id, technician_id) rows left by the old races.
--- Keeps per pair the oldest row by (created_at, id), NULL created_at last; copies every removed
--- row to flex_dedupe_audit; makes sure a unique index or constraint on exactly those columns
--- exists. Writers of the table wait for it (SHARE ROW EXCLUSIVE); readers do not. The unique
--- index is built under that lock, never upgraded to ACCESS EXCLUSIVE, so a sync that read the
--- table before the dedupe started cannot deadlock with it.
-CREATE FUNCTION flex_dedupe_assignments(dry_run boolean DEFAULT false)
-RETURNS jsonb
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
--- The removed rows are found in one pass that sorts nothing (flex_sync_private.dedupe_plan) and
--- deleted by their ctids, fetched by one TID scan of the whole list: no statement of this
--- function reads the whole table, so a sequential scan is never the plan to take. Each removed
--- row meets its keeper in a hash join on the ctid; a nested loop would start a TID scan per row,
--- which costs twice as much at 100,000 rows. The arrays unnest into memory (a function scan keeps
--- its rows) and the index build sorts in memory; no JIT compilation.
-SET enable_seqscan = off
-SET enable_nestloop = off
-SET work_mem = '64MB'
-SET maintenance_work_mem = '256MB'
-SET jit = off
-AS $$
-DECLARE
-    batch        uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
-    existing     text;
-    tids         tid[];
-    keeper_ids   uuid[];
-    groups       bigint;
-    orphan_calls uuid[];
-    orphan_lines uuid[];
-    orphan_sample jsonb;
-    removed      bigint := 0;
-    constraint_state text;
-BEGIN
-    IF to_regclass('public.flex_crew_assignments') IS NULL THEN
-        RAISE EXCEPTION 'table public.flex_crew_assignments is missing'
-            USING ERRCODE = 'undefined_table',
-                  HINT = 'create the application tables, or run SELECT flex_sync_install_reference_schema()';
-    END IF;
-    IF NOT dry_run THEN
-        LOCK TABLE public.flex_crew_assignments IN SHARE ROW EXCLUSIVE MODE;
-    END IF;
-
-    SELECT i.indexrelid::regclass::text INTO existing
-    FROM pg_index i
-    WHERE i.indrelid = 'public.flex_crew_assignments'::regclass
-      AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-      AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
-           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
-    LIMIT 1;
-
-    -- Rows are addressed by ctid, stable under the lock.
-    SELECT p.tids, p.keeper_ids, p.duplicate_groups, p.orphaned_crew_call_ids, p.orphaned_line_ids
-    INTO tids, keeper_ids, groups, orphan_calls, orphan_lines
-    FROM flex_sync_private.dedupe_plan('public.flex_crew_assignments'::regclass) p;
-
-    -- Flex contacts no row will account for any more (a kept row sharing the line keeps it).
-    SELECT coalesce(jsonb_agg(jsonb_build_object('crew_call_id', o.crew_call_id,
-                                                 'flex_element_id', c.flex_element_id,
-                                                 'flex_line_item_id', o.line::text) ORDER BY o.n), '[]')
-    INTO orphan_sample
-    FROM unnest(orphan_calls[1:1000], orphan_lines[1:1000]) WITH ORDINALITY AS o(crew_call_id, line, n)
-    JOIN public.flex_crew_calls c ON c.id = o.crew_call_id;
-
-    IF dry_run THEN
-        RETURN jsonb_build_object('dry_run', true, 'duplicate_groups', groups, 'rows_removed', 0,
-                                  'rows_to_remove', cardinality(tids),
-                                  'constraint', CASE WHEN existing IS NULL THEN 'would_create' ELSE 'existed' END,
-                                  'constraint_name', existing, 'audit_batch', NULL,
-                                  'orphaned_flex_line_count', cardinality(orphan_lines),
-                                  'orphaned_flex_lines', orphan_sample);
-    END IF;
-
-    -- The audit is also the mark: the sync counts every line its crew call's removed rows
-    -- pointed at as its own, so the next flex_sync_job deletes the orphaned contacts in Flex
-    -- even under orphan_policy 'keep'.
-    -- The audit copy is the row as the delete returns it, next to its pair's keeper.
-    WITH gone AS (
-        DELETE FROM public.flex_crew_assignments a
-        USING unnest(tids, keeper_ids) AS k(tid, keeper_id)
-        WHERE a.ctid = ANY (tids) AND a.ctid = k.tid
-        RETURNING k.keeper_id, a.crew_call_id, a.technician_id, a.flex_line_item_id, to_jsonb(a) AS removed_row
-    )
-    INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id, kept_row_id, removed_row)
-    SELECT batch, now(), crew_call_id, technician_id, flex_line_item_id::text, keeper_id::text, removed_row
-    FROM gone;
-    GET DIAGNOSTICS removed = ROW_COUNT;
-
-    IF existing IS NULL THEN
-        CREATE UNIQUE INDEX flex_crew_assignments_crew_call_id_technician_id_key
-            ON public.flex_crew_assignments (crew_call_id, technician_id);
-        existing := 'flex_crew_assignments_crew_call_id_technician_id_key';
-        constraint_state := 'created';
-    ELSE
-        constraint_state := 'existed';
-    END IF;
-    RETURN jsonb_build_object('dry_run', false, 'duplicate_groups', groups, 'rows_removed', removed,
-                              'constraint', constraint_state, 'constraint_name', existing,
-                              'audit_batch', batch,
-                              'orphaned_flex_line_count', cardinality(orphan_lines),
-                              'orphaned_flex_lines', orphan_sample,
-                              'flex_lines_marked_for_removal', cardinality(orphan_lines));
 END
 $$;
 
@@ -562,6 +453,3 @@ SELECT split_part(e.value, ':', 1) AS error_code, count(*) AS occurrences, max(l
 FROM flex_sync_log l, jsonb_array_elements_text(l.errors) e
 WHERE l.started_at > now() - interval '24 hours'
 GROUP BY 1;
-
-REVOKE ALL ON flex_sync_queue, flex_sync_dead_items, flex_sync_last_sync, flex_sync_health,
-              flex_sync_recent_failures FROM PUBLIC;

@@ -27,16 +27,6 @@ pub enum FlexSyncError {
     MissingTable(String),
     #[error("flex_crew_assignments has no unique constraint on (crew_call_id, technician_id)")]
     NoUniqueConstraint,
-    #[error("cannot read every row of flex_crew_assignments: {0}")]
-    CannotReadAssignments(&'static str),
-    #[error("flex_crew_assignments has no column {0}")]
-    MissingColumn(&'static str),
-    #[error("flex_crew_assignments.{column} must be of type {expected}")]
-    ColumnType { column: &'static str, expected: &'static str },
-    #[error("flex_crew_assignments has a row with NULL {0}")]
-    NullKey(&'static str),
-    #[error("{0} belongs to an older version of flex_sync than the installed library")]
-    Replaced(&'static str),
     #[error("database error: {0}")]
     Spi(#[from] pgrx::spi::Error),
     #[error("unexpected result shape from the database: {0}")]
@@ -56,11 +46,6 @@ impl FlexSyncError {
             FlexSyncError::IsolationLevel(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             FlexSyncError::MissingTable(_) => ERRCODE_UNDEFINED_TABLE,
             FlexSyncError::NoUniqueConstraint => ERRCODE_INVALID_TABLE_DEFINITION,
-            FlexSyncError::CannotReadAssignments(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            FlexSyncError::MissingColumn(_) => ERRCODE_UNDEFINED_COLUMN,
-            FlexSyncError::ColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
-            FlexSyncError::NullKey(_) => ERRCODE_NOT_NULL_VIOLATION,
-            FlexSyncError::Replaced(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             FlexSyncError::Spi(_) | FlexSyncError::Decode(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -72,14 +57,16 @@ impl FlexSyncError {
             }
             FlexSyncError::Settings(SettingsError::UnknownOption(_)) => Some(
                 "known options: connect_timeout_ms, request_timeout_ms, sync_deadline_ms, max_response_bytes, \
-                 max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, allow_insecure_loopback",
+                 max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, \
+                 api_token_vault_secret, allow_insecure_loopback",
             ),
             FlexSyncError::Settings(SettingsError::BadUrl { .. }) => {
                 Some("use https://<tenant>.flexrentalsolutions.com/f5/api")
             }
             FlexSyncError::NotConfigured => Some("call flex_sync_configure(base_url, api_token) first"),
             FlexSyncError::NoToken => Some(
-                "pass api_token to flex_sync_configure, or store a Supabase Vault secret named flex_api_token",
+                "store a Supabase Vault secret and name it in the option api_token_vault_secret, or pass api_token to \
+                 flex_sync_configure (a restored dump holds no token: configure it again)",
             ),
             FlexSyncError::IsolationLevel(_) => Some(
                 "the sync takes a lock and must read what committed after it; call it in READ COMMITTED, \
@@ -91,18 +78,6 @@ impl FlexSyncError {
             FlexSyncError::NoUniqueConstraint => Some(
                 "run SELECT flex_dedupe_assignments() to remove duplicate rows and create the constraint",
             ),
-            FlexSyncError::CannotReadAssignments(_) => Some(
-                "run flex_dedupe_assignments as installed, owned by a role that owns or may read the table \
-                 without row-level security",
-            ),
-            FlexSyncError::MissingColumn(_) | FlexSyncError::ColumnType { .. } => Some(
-                "the dedupe needs id, crew_call_id, technician_id and flex_line_item_id of type uuid and \
-                 created_at of type timestamptz, as flex_sync_install_reference_schema() creates them",
-            ),
-            FlexSyncError::Replaced(_) => Some("run ALTER EXTENSION flex_sync UPDATE"),
-            FlexSyncError::NullKey(_) => {
-                Some("delete or complete the row; id, crew_call_id and technician_id should be NOT NULL")
-            }
             _ => None,
         }
     }

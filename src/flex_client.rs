@@ -5,12 +5,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::{FlexCall, Method};
 use flex_sync_core::flex_response::{is_budget_exhausted, parse_added_line_id};
-use flex_sync_core::settings::{is_local_address, FlexOrigin, Options};
+use flex_sync_core::settings::{check_resolved, DestinationRefused, FlexOrigin, Options};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// What became of one Flex call.
 #[derive(Debug, Clone)]
@@ -41,8 +43,6 @@ struct SyncBudget {
     max_calls: u64,
     deadline: Instant,
     rate_limited: AtomicBool,
-    /// Whether the configured host resolves only to public addresses; checked once per sync.
-    destination_public: OnceLock<bool>,
 }
 
 pub struct FlexClient {
@@ -57,7 +57,7 @@ impl FlexClient {
     /// `rate_limited` starts the sync with Flex's hourly budget known to be spent.
     pub fn new(origin: FlexOrigin, token: String, options: Options, deadline: Instant, rate_limited: bool) -> FlexClient {
         let worker = Worker {
-            agent: shared_agent(options.connect_timeout_ms),
+            agent: shared_agent(options.connect_timeout_ms, options.allow_insecure_loopback),
             origin,
             token,
             budget: SyncBudget {
@@ -65,7 +65,6 @@ impl FlexClient {
                 max_calls: options.max_calls_per_sync,
                 deadline,
                 rate_limited: AtomicBool::new(rate_limited),
-                destination_public: OnceLock::new(),
             },
             options,
         };
@@ -230,24 +229,53 @@ pub struct Answer {
     pub role: Option<Outcome>,
 }
 
-/// One agent per backend and connect timeout: building one sets up TLS, and reusing it keeps
-/// connections to Flex alive from one sync to the next.
-fn shared_agent(connect_timeout_ms: u64) -> ureq::Agent {
-    static AGENT: Mutex<Option<(u64, ureq::Agent)>> = Mutex::new(None);
+/// One agent per backend, connect timeout and loopback switch: building one sets up TLS, and
+/// reusing it keeps connections to Flex alive from one sync to the next.
+fn shared_agent(connect_timeout_ms: u64, allow_insecure_loopback: bool) -> ureq::Agent {
+    static AGENT: Mutex<Option<((u64, bool), ureq::Agent)>> = Mutex::new(None);
+    let key = (connect_timeout_ms, allow_insecure_loopback);
     let mut cached = AGENT.lock().unwrap_or_else(|e| e.into_inner());
     match cached.as_ref() {
-        Some((timeout, agent)) if *timeout == connect_timeout_ms => agent.clone(),
+        Some((cached_key, agent)) if *cached_key == key => agent.clone(),
         _ => {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
+            let config = ureq::Agent::config_builder()
                 .timeout_connect(Some(Duration::from_millis(connect_timeout_ms)))
                 .max_redirects(0)
                 .http_status_as_error(false)
+                // ureq reads a proxy from the environment by default: a proxy would resolve and
+                // reach the host itself, and the checked addresses would mean nothing.
+                .proxy(None)
                 .user_agent("flex_sync/0.1")
-                .build()
-                .into();
-            *cached = Some((connect_timeout_ms, agent.clone()));
+                .build();
+            let resolver = CheckedResolver { inner: DefaultResolver::default(), allow_insecure_loopback };
+            let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
+            *cached = Some((key, agent.clone()));
             agent
         }
+    }
+}
+
+/// Hands ureq only addresses that passed the check, to connect to: resolving once for the check
+/// and again for the connect would let a DNS answer that changes in between (rebinding) reach an
+/// address never checked.
+#[derive(Debug)]
+struct CheckedResolver {
+    /// Does the lookup, so that the request's timeouts still bound it.
+    inner: DefaultResolver,
+    allow_insecure_loopback: bool,
+}
+
+impl Resolver for CheckedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        // ureq returns a resolver's error from the call as it is, for classify_transport_error.
+        check_resolved(addrs, self.allow_insecure_loopback)
+            .map_err(|refused| ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, refused)))
     }
 }
 
@@ -307,9 +335,6 @@ impl Worker {
     fn attempt(&self, call: &FlexCall) -> Outcome {
         if self.budget.rate_limited.load(Ordering::SeqCst) {
             return Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false));
-        }
-        if !self.options.allow_insecure_loopback && !*self.budget.destination_public.get_or_init(|| resolves_public(&self.origin)) {
-            return Outcome::Failure(Failure::new("flex_destination_refused", None, false));
         }
         let now = Instant::now();
         let Some(left) = self.budget.deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
@@ -401,20 +426,6 @@ fn success_body_problem(body: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// A name that resolves to a loopback, private or link-local address is refused like a literal
-/// one: through RPC, the base URL would otherwise be a way to reach the database's own network.
-fn resolves_public(origin: &FlexOrigin) -> bool {
-    use std::net::ToSocketAddrs;
-    if origin.is_local() {
-        return false;
-    }
-    match (origin.host.as_str(), origin.port.unwrap_or(443)).to_socket_addrs() {
-        Ok(addresses) => addresses.into_iter().all(|a| !is_local_address(a.ip())),
-        // Unresolvable: the request itself will fail with flex_host_not_found.
-        Err(_) => true,
-    }
-}
-
 /// Transport errors carry no secret (the token is a header, never in the URL), but their text
 /// names hosts and internals, so only a stable code leaves this module.
 fn classify_transport_error(error: &ureq::Error, may_have_applied: bool) -> Failure {
@@ -423,6 +434,10 @@ fn classify_transport_error(error: &ureq::Error, may_have_applied: bool) -> Fail
             Failure::new("flex_connect_timeout", None, false)
         }
         ureq::Error::Timeout(_) => Failure::new("flex_timeout", None, may_have_applied),
+        // Refused before any connection, so nothing was sent.
+        ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<DestinationRefused>()) => {
+            Failure::new("flex_destination_refused", None, false)
+        }
         ureq::Error::HostNotFound => Failure::new("flex_host_not_found", None, false),
         ureq::Error::ConnectionFailed => Failure::new("flex_connection", None, false),
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {

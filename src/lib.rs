@@ -1,19 +1,19 @@
 //! flex_sync: keeps Flex Rental Solutions crew calls in step with a job's technicians.
 //!
 //! Layers, outermost first: `api` (the SQL entry points), `sync` (one call's flow), `store` (all
-//! SQL), `scan` (the dedupe's one read below SQL), `flex_client` (all HTTP), and the pure core
-//! (reconcile plan, dedupe decision) in the `flex_sync_core` crate.
+//! SQL), `flex_client` (all HTTP), and the pure core (reconcile plan, options, endpoints) in the
+//! `flex_sync_core` crate. The dedupe, the queue and the grants are plain SQL in `sql/`.
 
 mod api;
 mod error;
 mod flex_client;
-mod scan;
 mod store;
 mod sync;
 
 pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/dedupe.sql", name = "dedupe", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -146,19 +146,25 @@ pub fn load_settings() -> Result<Option<StoredSettings>> {
     )
 }
 
-/// Also forgets what was learnt about the previous endpoint (a spent hourly budget).
+/// Also forgets what was learnt about the previous endpoint (a spent hourly budget). A NULL
+/// token keeps the stored one.
 pub fn save_settings(base_url: &str, api_token: Option<&str>, options: &Value) -> Result<()> {
     execute("DELETE FROM flex_sync_private.flex_state", &[])?;
     execute(
-        "INSERT INTO flex_sync_private.settings (base_url, api_token, options)
-         VALUES ($1, $2, $3)
+        "INSERT INTO flex_sync_private.settings (base_url, options)
+         VALUES ($1, $2)
          ON CONFLICT (singleton) DO UPDATE
-         SET base_url = EXCLUDED.base_url,
-             api_token = coalesce(EXCLUDED.api_token, flex_sync_private.settings.api_token),
-             options = EXCLUDED.options,
-             updated_at = now()",
-        &[base_url.into(), api_token.into(), JsonB(options.clone()).into()],
-    )
+         SET base_url = EXCLUDED.base_url, options = EXCLUDED.options, updated_at = now()",
+        &[base_url.into(), JsonB(options.clone()).into()],
+    )?;
+    if let Some(token) = api_token {
+        execute(
+            "INSERT INTO flex_sync_private.api_token (api_token) VALUES ($1)
+             ON CONFLICT (singleton) DO UPDATE SET api_token = EXCLUDED.api_token",
+            &[token.into()],
+        )?;
+    }
+    Ok(())
 }
 
 pub fn stored_options() -> Result<Value> {

@@ -1,7 +1,6 @@
 //! The pure core of flex_sync: no Postgres, no network. Everything here is data in, data out, and
 //! is tested with plain `cargo test -p flex_sync_core`.
 
-pub mod dedupe;
 pub mod endpoints;
 pub mod flex_response;
 pub mod input;

@@ -1,7 +1,8 @@
 //! The client options a DBA sets with `flex_sync_configure`, and the Flex origin they apply to.
 //! Validation lives here so that configure time and call time apply one rule.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Deref;
 
 use serde_json::{Map, Value};
 
@@ -17,6 +18,9 @@ pub struct Options {
     pub max_parallel_requests: u64,
     pub retry_max_attempts: u64,
     pub orphan_policy: OrphanPolicy,
+    /// The Supabase Vault secret that holds the Flex token; read in SQL at call time
+    /// (`flex_sync_private.effective_settings`), so the token is never stored by the extension.
+    pub api_token_vault_secret: Option<String>,
     pub allow_insecure_loopback: bool,
 }
 
@@ -35,6 +39,7 @@ impl Default for Options {
             max_parallel_requests: 4,
             retry_max_attempts: 3,
             orphan_policy: OrphanPolicy::Prune,
+            api_token_vault_secret: None,
             allow_insecure_loopback: false,
         }
     }
@@ -92,6 +97,18 @@ impl Options {
                         }
                     }
                 }
+                "api_token_vault_secret" => {
+                    out.api_token_vault_secret = match value {
+                        Value::Null => None,
+                        Value::String(name) if !name.trim().is_empty() => Some(name.trim().to_string()),
+                        _ => {
+                            return Err(SettingsError::BadValue {
+                                key: key.clone(),
+                                expected: "the name of a Vault secret, or null".into(),
+                            })
+                        }
+                    }
+                }
                 "allow_insecure_loopback" => {
                     out.allow_insecure_loopback = value
                         .as_bool()
@@ -114,6 +131,9 @@ impl Options {
             OrphanPolicy::Keep => "keep",
         };
         map.insert("orphan_policy".into(), Value::from(policy));
+        if let Some(secret) = &self.api_token_vault_secret {
+            map.insert("api_token_vault_secret".into(), Value::from(secret.as_str()));
+        }
         map.insert("allow_insecure_loopback".into(), Value::from(self.allow_insecure_loopback));
         Value::Object(map)
     }
@@ -158,23 +178,24 @@ impl FlexOrigin {
             if scheme == "http" {
                 return Err(bad("it must use https (http is accepted only with allow_insecure_loopback)"));
             }
-            if origin.is_local() {
+            if origin.is_refused_host() {
                 return Err(bad(
-                    "it points at a loopback, private or link-local address (accepted only with allow_insecure_loopback)",
+                    "it points at a loopback, private, link-local or other non-public address (accepted only with allow_insecure_loopback)",
                 ));
             }
         }
         Ok(origin)
     }
 
-    /// True for names and literal addresses that stay on this machine or its private networks.
-    pub fn is_local(&self) -> bool {
+    /// True for names and literal addresses that are not public; other names are checked when
+    /// they are resolved, by [`check_resolved`].
+    fn is_refused_host(&self) -> bool {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         if host == "localhost" || host.ends_with(".localhost") {
             return true;
         }
         match host.parse::<IpAddr>() {
-            Ok(ip) => is_local_address(ip),
+            Ok(ip) => is_refused_address(ip),
             Err(_) => false,
         }
     }
@@ -187,22 +208,68 @@ impl FlexOrigin {
     }
 }
 
-pub fn is_local_address(ip: IpAddr) -> bool {
+/// The address a Flex request may not reach: through RPC the base URL would otherwise be a way
+/// into the database's own machine and networks. Literal hosts (at parse time) and every resolved
+/// address (at connect time) go through this one rule.
+pub fn is_refused_address(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => is_local_v4(v4),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(is_local_v4)
-                || v6 == Ipv6Addr::LOCALHOST
-        }
+        IpAddr::V4(v4) => is_refused_v4(v4),
+        IpAddr::V6(v6) => is_refused_v6(v6),
     }
 }
 
-fn is_local_v4(v4: Ipv4Addr) -> bool {
-    v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.octets()[0] == 0
+fn is_refused_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        // 0.0.0.0/8: Linux connects 0.0.0.0 to this machine.
+        || a == 0
+        // Carrier-grade NAT, 100.64.0.0/10: a provider's internal network.
+        || (a == 100 && (b & 0xc0) == 64)
+        // Multicast 224/4, then reserved 240/4 with the broadcast address: never a public host.
+        || a >= 224
+}
+
+fn is_refused_v6(v6: Ipv6Addr) -> bool {
+    let first = v6.segments()[0];
+    v6.is_loopback()
+        || v6.is_unspecified()
+        // Unique local fc00::/7.
+        || (first & 0xfe00) == 0xfc00
+        // Link-local fe80::/10 and the deprecated site-local fec0::/10.
+        || (first & 0xff80) == 0xfe80
+        || v6.is_multicast()
+        || embedded_v4(v6).is_some_and(is_refused_v4)
+}
+
+/// The IPv4 address an IPv6 one reaches: mapped `::ffff:a.b.c.d` and compatible `::a.b.c.d` are
+/// the v4 host itself to a dual-stack socket, and a NAT64 gateway turns `64:ff9b::a.b.c.d` into
+/// a.b.c.d.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = v6.octets();
+    let v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    match v6.segments()[..6] {
+        [0, 0, 0, 0, 0, 0xffff] | [0, 0, 0, 0, 0, 0] | [0x64, 0xff9b, 0, 0, 0, 0] => Some(v4),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the Flex host resolves to an address that is not public")]
+pub struct DestinationRefused;
+
+/// The resolver's rule: the addresses come back unchanged, to be the very ones connected to, or
+/// the whole answer is refused. Dropping only the refused addresses would hide a hostile or
+/// misconfigured name, and which address a sync reaches would depend on the answer's order.
+pub fn check_resolved<A: Deref<Target = [SocketAddr]>>(
+    addrs: A,
+    allow_insecure_loopback: bool,
+) -> Result<A, DestinationRefused> {
+    if !allow_insecure_loopback && addrs.iter().any(|a| is_refused_address(a.ip())) {
+        return Err(DestinationRefused);
+    }
+    Ok(addrs)
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
@@ -250,6 +317,12 @@ mod tests {
         assert!(Options::default().merged(&json!({"request_timeout_ms": "5"})).is_err());
         assert!(Options::default().merged(&json!({"orphan_policy": "all"})).is_err());
         assert!(Options::default().merged(&json!([1])).is_err());
+        let vault = o.merged(&json!({"api_token_vault_secret": " flex_key "})).unwrap();
+        assert_eq!(vault.api_token_vault_secret.as_deref(), Some("flex_key"));
+        assert_eq!(vault.merged(&json!({"api_token_vault_secret": null})).unwrap(), o);
+        assert!(o.merged(&json!({"api_token_vault_secret": ""})).is_err());
+        assert!(o.merged(&json!({"api_token_vault_secret": 7})).is_err());
+        assert_eq!(Options::default().merged(&vault.to_json()).unwrap(), vault);
         let round = Options::default().merged(&o.to_json()).unwrap();
         assert_eq!(round, o);
     }
@@ -265,6 +338,9 @@ mod tests {
             "https://10.1.2.3/f5/api",
             "https://169.254.169.254/latest",
             "https://[::1]/f5/api",
+            "https://100.64.0.1/f5/api",
+            "https://[::ffff:127.0.0.1]/f5/api",
+            "https://[64:ff9b::a9fe:a9fe]/latest",
             "https://user:pw@tenant.flexrentalsolutions.com/f5/api",
             "https://tenant.flexrentalsolutions.com/f5/api?x=1",
             "https://tenant.flexrentalsolutions.com/f5/../admin",
@@ -276,6 +352,101 @@ mod tests {
         }
         let local = FlexOrigin::parse("http://127.0.0.1:8080/f5/api", true).unwrap();
         assert_eq!(local.root(), "http://127.0.0.1:8080/f5/api");
-        assert!(local.is_local());
+        assert!(local.is_refused_host());
+    }
+
+    /// Each v4 range with its edges and the first allowed address on either side; every form an
+    /// IPv6 address can carry a v4 one in must get the same answer.
+    #[test]
+    fn refused_v4_ranges_and_their_neighbours_in_every_form() {
+        let cases: [(&str, bool); 37] = [
+            ("0.0.0.0", true),
+            ("0.255.255.255", true),
+            ("1.0.0.0", false),
+            ("9.255.255.255", false),
+            ("10.0.0.0", true),
+            ("10.255.255.255", true),
+            ("11.0.0.0", false),
+            ("100.63.255.255", false),
+            ("100.64.0.0", true),
+            ("100.64.0.1", true),
+            ("100.127.255.255", true),
+            ("100.128.0.0", false),
+            ("126.255.255.255", false),
+            ("127.0.0.1", true),
+            ("127.255.255.255", true),
+            ("128.0.0.0", false),
+            ("169.253.255.255", false),
+            ("169.254.0.0", true),
+            ("169.254.169.254", true),
+            ("169.254.255.255", true),
+            ("169.255.0.0", false),
+            ("172.15.255.255", false),
+            ("172.16.0.0", true),
+            ("172.31.255.255", true),
+            ("172.32.0.0", false),
+            ("192.167.255.255", false),
+            ("192.168.0.0", true),
+            ("192.168.255.255", true),
+            ("192.169.0.0", false),
+            ("8.8.8.8", false),
+            ("223.255.255.255", false),
+            ("224.0.0.0", true),
+            ("239.255.255.255", true),
+            ("240.0.0.0", true),
+            ("255.255.255.254", true),
+            ("255.255.255.255", true),
+            ("52.16.0.1", false),
+        ];
+        for (text, refused) in cases {
+            let v4: Ipv4Addr = text.parse().unwrap();
+            let [a, b, c, d] = v4.octets();
+            let nat64 = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            let forms = [IpAddr::V4(v4), IpAddr::V6(v4.to_ipv6_mapped()), IpAddr::V6(v4.to_ipv6_compatible()), IpAddr::V6(nat64)];
+            for ip in forms {
+                assert_eq!(is_refused_address(ip), refused, "{ip} (from {text})");
+            }
+        }
+    }
+
+    #[test]
+    fn refused_v6_ranges_and_their_neighbours() {
+        for (text, refused) in [
+            ("::", true),
+            ("::1", true),
+            ("2001:4860:4860::8888", false),
+            ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false),
+            ("fc00::", true),
+            ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            ("fe00::", false),
+            ("fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false),
+            ("fe80::", true),
+            ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            ("fec0::1", true),
+            ("ff00::", true),
+            ("ff02::1", true),
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            // Near the v4-carrying prefixes, but not in them: no v4 address is reached.
+            ("::1:ffff:7f00:1", false),
+            ("64:ff9a::7f00:1", false),
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(is_refused_address(ip), refused, "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_resolved_answer_with_one_refused_address_is_refused_whole() {
+        let public: Vec<SocketAddr> = ["52.16.0.1:443", "[2001:4860:4860::8888]:443", "8.8.8.8:443"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(check_resolved(public.clone(), false), Ok(public.clone()), "exactly the checked addresses");
+        for private in ["10.0.0.7:443", "[::ffff:169.254.169.254]:443"] {
+            let mut mixed = public.clone();
+            mixed.insert(1, private.parse().unwrap());
+            assert_eq!(check_resolved(mixed.clone(), false), Err(DestinationRefused), "{private}");
+            assert_eq!(check_resolved(mixed.clone(), true), Ok(mixed), "the loopback switch allows it");
+        }
     }
 }

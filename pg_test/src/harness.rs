@@ -316,3 +316,83 @@ pub fn assert_converged(client: &mut Client, sim: &Sim, job: &Job) {
         }
     }
 }
+
+/// What a Supabase database has before an application's migrations run: the API roles
+/// (cluster-wide, created once), the `auth` schema with `users` and `uid()`, pgcrypto in
+/// `extensions`.
+pub fn supabase_platform(client: &mut Client) {
+    for role in ["anon", "authenticated", "service_role"] {
+        // Roles are cluster-wide and tests run in parallel: another test may create it first.
+        let _ = client.batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ));
+    }
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS auth;
+             CREATE TABLE IF NOT EXISTS auth.users (id uuid PRIMARY KEY);
+             CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS
+                 $$ SELECT (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid $$;
+             GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+             CREATE SCHEMA IF NOT EXISTS extensions;
+             CREATE EXTENSION IF NOT EXISTS pgcrypto SCHEMA extensions;
+             GRANT USAGE ON SCHEMA public, extensions TO anon, authenticated, service_role;",
+        )
+        .unwrap();
+}
+
+/// The default privileges a database may have when `CREATE EXTENSION flex_sync` runs.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultPrivileges {
+    /// PostgreSQL's own: nothing granted to anyone by name.
+    None,
+    /// Supabase's platform defaults (its init scripts): ALL on new functions, tables and
+    /// sequences in `public` to the API roles; here also outside `public`, and USAGE on new
+    /// schemas, so the extension's private schema meets them too.
+    SupabasePlatform,
+    /// The live app's migrations, as `pg_test/fixtures/area-tecnica-schema-subset.sql` has them,
+    /// with its tables (enum statuses, RLS, its constraint names).
+    LiveApp,
+}
+
+pub const LIVE_APP_SCHEMA: &str = include_str!("../fixtures/area-tecnica-schema-subset.sql");
+
+impl DefaultPrivileges {
+    pub fn apply(self, client: &mut Client) {
+        match self {
+            DefaultPrivileges::None => {}
+            DefaultPrivileges::SupabasePlatform => client
+                .batch_execute(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+                     ALTER DEFAULT PRIVILEGES GRANT ALL ON SCHEMAS TO anon, authenticated, service_role;",
+                )
+                .unwrap(),
+            DefaultPrivileges::LiveApp => client.batch_execute(LIVE_APP_SCHEMA).unwrap(),
+        }
+    }
+}
+
+/// One PostgREST request as PostgREST runs it: `BEGIN; SET LOCAL ROLE …; set_config(
+/// 'request.jwt.claims', …, true); <statement>; COMMIT`. Returns the first column of the first
+/// row as text, or the database error's SQLSTATE.
+pub fn postgrest(client: &mut Client, role: &str, claims: &Value, statement_timeout: Option<&str>, sql: &str) -> Result<Option<String>, String> {
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
+    if let Some(timeout) = statement_timeout {
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{timeout}'")).unwrap();
+    }
+    tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&claims.to_string()]).unwrap();
+    match tx.query(sql, &[]) {
+        Ok(rows) => {
+            let first = rows.first().and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten());
+            tx.commit().unwrap();
+            Ok(first)
+        }
+        Err(e) => Err(e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string())),
+    }
+}

@@ -7,35 +7,19 @@ use flex_sync_pg_test::harness::*;
 use postgres::Client;
 use serde_json::{json, Value};
 
-/// The roles as Supabase creates them, and the grants a Supabase install of flex_sync needs.
+/// The roles as Supabase creates them. The install grants flex_sync_job to the API roles when
+/// they exist; the first test on a fresh server may create them after it, so it grants too.
 fn supabase_roles(client: &mut Client) {
-    for role in ["anon", "authenticated", "service_role"] {
-        // Roles are cluster-wide and tests run in parallel.
-        let _ = client.batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-        ));
-    }
+    supabase_platform(client);
     client
         .batch_execute("GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO authenticated, service_role")
         .unwrap();
 }
 
-/// One PostgREST request: returns the function's result or the database error's SQLSTATE.
+/// One PostgREST request to `flex_sync_job(job)`.
 fn rpc(client: &mut Client, role: &str, claims: Value, job: &str, statement_timeout: Option<&str>) -> Result<Value, String> {
-    let mut tx = client.transaction().unwrap();
-    tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
-    if let Some(timeout) = statement_timeout {
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{timeout}'")).unwrap();
-    }
-    tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&claims.to_string()]).unwrap();
-    match tx.query_one("SELECT flex_sync_job($1::text::uuid)::text", &[&job]) {
-        Ok(row) => {
-            let text: String = row.get(0);
-            tx.commit().unwrap();
-            Ok(serde_json::from_str(&text).unwrap())
-        }
-        Err(e) => Err(e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string())),
-    }
+    let sql = format!("SELECT flex_sync_job('{job}'::uuid)::text");
+    postgrest(client, role, &claims, statement_timeout, &sql).map(|text| serde_json::from_str(&text.unwrap()).unwrap())
 }
 
 fn profile(client: &mut Client, role: &str) -> String {

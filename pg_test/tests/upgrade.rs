@@ -1,19 +1,31 @@
-//! Upgrades: every released version, updated with the scripts in sql/, ends with exactly the
-//! objects a fresh install of the current version has. The released install scripts live in
-//! sql/archive/ and pg_test/test.sh installs them next to the current one.
+//! Updates. 1.0.0 is the first release, so there is no older install script yet; what every
+//! later update script must do is tested here: end with `flex_sync_private.restrict_acls()`, so
+//! that an update run under Supabase's default privileges, over a database where grants leaked,
+//! leaves exactly the objects, ACLs and data of a fresh install.
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use flex_sync_pg_test::harness::*;
 use postgres::Client;
 
 /// Every object of the extension, as the catalogs describe it: functions with their bodies,
-/// settings and grants, views, tables with their columns, indexes and grants, and the version.
+/// settings and grants, views, tables with their columns, indexes and grants, schemas. ACLs are
+/// compared by what they grant: a NULL ACL as its default, entries sorted.
 fn fingerprint(client: &mut Client) -> Vec<String> {
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pg_temp.acl(items aclitem[], kind \"char\", owner oid) RETURNS text
+             LANGUAGE sql STABLE AS
+             $$ SELECT string_agg(i::text, ',' ORDER BY i::text) FROM unnest(coalesce(items, acldefault(kind, owner))) i $$",
+        )
+        .unwrap();
     let rows = client
         .query(
             "WITH members AS (
                  SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
                  WHERE e.extname = 'flex_sync' AND d.deptype = 'e')
-             SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '')
+             SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl ' || pg_temp.acl(p.proacl, 'f', p.proowner)
              FROM members m JOIN pg_proc p ON p.oid = m.objid WHERE m.classid = 'pg_proc'::regclass
              UNION ALL
              SELECT 'relation ' || c.relkind::text || ' ' || c.oid::regclass::text || ' '
@@ -25,10 +37,11 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
                                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
                     || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
                                  FROM pg_index i WHERE i.indrelid = c.oid), '')
-                    || coalesce(c.relacl::text, '')
+                    || pg_temp.acl(c.relacl, CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner)
              FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
              UNION ALL
-             SELECT 'version ' || extversion FROM pg_extension WHERE extname = 'flex_sync'
+             SELECT 'schema ' || n.nspname || ' ' || pg_temp.acl(n.nspacl, 'n', n.nspowner)
+             FROM members m JOIN pg_namespace n ON n.oid = m.objid WHERE m.classid = 'pg_namespace'::regclass
              ORDER BY 1",
             &[],
         )
@@ -36,56 +49,78 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+fn extension_dir() -> PathBuf {
+    let out = Command::new("/usr/lib/postgresql/15/bin/pg_config").arg("--sharedir").output().unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
+}
+
+/// An update script as every release's must end: the ACLs restricted again.
+struct NextVersion {
+    script: PathBuf,
+    version: String,
+}
+
+impl NextVersion {
+    fn install(current: &str) -> NextVersion {
+        let version = format!("{current}-acl-test");
+        let script = extension_dir().join(format!("flex_sync--{current}--{version}.sql"));
+        std::fs::write(&script, "SELECT flex_sync_private.restrict_acls();\n").expect("write the update script");
+        NextVersion { script, version }
+    }
+}
+
+impl Drop for NextVersion {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
+
 #[test]
-fn every_released_version_upgrades_to_what_a_fresh_install_is() {
+fn an_update_under_supabase_defaults_leaves_the_acls_and_data_of_a_fresh_install() {
     let fresh = TestDb::empty("upgrade_fresh");
     let mut fresh_client = fresh.connect();
+    supabase_platform(&mut fresh_client);
     fresh_client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
     let current: String =
         fresh_client.query_one("SELECT extversion FROM pg_extension WHERE extname = 'flex_sync'", &[]).unwrap().get(0);
+    assert_eq!(current, "1.0.0");
     let expected = fingerprint(&mut fresh_client);
     assert!(expected.len() > 30, "the fingerprint sees the extension's objects: {}", expected.len());
 
-    let released: Vec<String> = fresh_client
-        .query(
-            "SELECT version FROM pg_available_extension_versions WHERE name = 'flex_sync' AND version <> $1 ORDER BY version",
-            &[&current],
+    let db = TestDb::empty("upgrade_defaults");
+    let mut client = db.connect();
+    supabase_platform(&mut client);
+    client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
+    // Data written with the installed version, and grants leaked the way a release without
+    // restrict_acls() left them.
+    client
+        .batch_execute(
+            "INSERT INTO flex_sync_business_roles (department, tier, business_role_id) VALUES ('lights', 'R', 'lights-r');
+             SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 'token-kept-by-the-update');
+             GRANT SELECT, UPDATE ON flex_sync_log, flex_dedupe_audit TO anon, authenticated;
+             GRANT EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) TO anon;
+             GRANT USAGE ON SCHEMA flex_sync_private TO anon;",
         )
+        .unwrap();
+    DefaultPrivileges::SupabasePlatform.apply(&mut client);
+    assert_ne!(fingerprint(&mut client), expected, "the leaked grants show before the update");
+
+    let next = NextVersion::install(&current);
+    client.batch_execute(&format!("ALTER EXTENSION flex_sync UPDATE TO '{}'", next.version)).unwrap();
+    let updated = fingerprint(&mut client);
+    let head = |o: &String| o.chars().take(200).collect::<String>();
+    let missing: Vec<_> = expected.iter().filter(|o| !updated.contains(o)).map(head).collect();
+    let extra: Vec<_> = updated.iter().filter(|o| !expected.contains(o)).map(head).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
+
+    let lights: String = client
+        .query_one("SELECT business_role_id FROM flex_sync_business_roles WHERE department = 'lights'", &[])
         .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        released.contains(&"0.1.0".to_string()),
-        "released install scripts are not installed (pg_test/test.sh copies sql/archive/*.sql): {released:?}"
-    );
-    for version in released {
-        let db = TestDb::empty(&format!("upgrade_from_{}", version.replace('.', "_")));
-        let mut client = db.connect();
-        client.batch_execute(&format!("CREATE EXTENSION flex_sync VERSION '{version}'")).unwrap();
-        assert_ne!(fingerprint(&mut client), expected, "{version} differs from {current} before the update");
-        if version == "0.3.0" {
-            // 0.4.0's library no longer has what 0.3.0's SQL calls: a clear error until the update.
-            let mut tx = client.transaction().unwrap();
-            tx.batch_execute("SELECT flex_sync_install_reference_schema()").unwrap();
-            let err = tx.query_one("SELECT flex_dedupe_assignments(true)", &[]).unwrap_err();
-            let err = err.as_db_error().expect("a server error");
-            assert_eq!(err.code().code(), "55000", "{err:?}");
-            assert!(err.hint().is_some_and(|h| h.contains("ALTER EXTENSION flex_sync UPDATE")), "{err:?}");
-            tx.rollback().unwrap();
-        }
-        client.batch_execute("ALTER EXTENSION flex_sync UPDATE").unwrap();
-        let upgraded = fingerprint(&mut client);
-        let head = |o: &String| o.chars().take(160).collect::<String>();
-        let missing: Vec<_> = expected.iter().filter(|o| !upgraded.contains(o)).map(head).collect();
-        let extra: Vec<_> = upgraded.iter().filter(|o| !expected.contains(o)).map(head).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{version} -> {current}:\nmissing {missing:#?}\nextra {extra:#?}");
-        // The updated functions run: the queue drains and the dedupe reports on the empty tables.
-        client.batch_execute("SELECT flex_sync_install_reference_schema()").unwrap();
-        let drained: String = client.query_one("SELECT flex_sync_pending()::text", &[]).unwrap().get(0);
-        assert!(drained.contains("\"synced\": 0"), "{drained}");
-        let dedupe: String =
-            client.query_one("SELECT flex_dedupe_assignments(dry_run => true)::text", &[]).unwrap().get(0);
-        assert!(dedupe.contains("\"duplicate_groups\": 0"), "{dedupe}");
-    }
+        .get(0);
+    assert_eq!(lights, "lights-r");
+    let token_kept: bool = client
+        .query_one("SELECT api_token = 'token-kept-by-the-update' FROM flex_sync_private.api_token", &[])
+        .unwrap()
+        .get(0);
+    assert!(token_kept);
 }

@@ -1,11 +1,30 @@
--- flex_sync 0.4.0 -> 0.5.0
--- flex_dedupe_assignments: the removed rows are fetched by one TID scan of the whole list and meet
---   their keepers in a hash join (SET enable_nestloop = off), instead of one TID scan per row.
---   flex_sync_private.dedupe_plan keeps its signature; its library code finds the rows in one
---   small map per crew call.
-\echo Use "ALTER EXTENSION flex_sync UPDATE TO '0.5.0'" to load this file. \quit
+-- flex_sync: the DBA's cleanup of duplicate flex_crew_assignments rows and its audit.
 
-CREATE OR REPLACE FUNCTION flex_dedupe_assignments(dry_run boolean DEFAULT false)
+-- Rows removed by flex_dedupe_assignments(), one batch per run: nothing a dedupe removes is lost.
+CREATE TABLE flex_dedupe_audit (
+    batch_id          uuid NOT NULL,
+    removed_at        timestamptz NOT NULL,
+    crew_call_id      uuid NOT NULL,
+    technician_id     uuid NOT NULL,
+    flex_line_item_id text,
+    -- The id of the row kept for the pair; the removed row whole.
+    kept_row_id       text,
+    removed_row       jsonb NOT NULL
+);
+-- Read by every sync: the lines a crew call's removed rows pointed at are the sync's own. The
+-- only index: a dedupe pays for each one on every row it removes, and a batch is read back by a
+-- person, for whom a sequential scan of the audit will do.
+CREATE INDEX flex_dedupe_audit_crew_call_idx ON flex_dedupe_audit (crew_call_id);
+SELECT pg_catalog.pg_extension_config_dump('flex_dedupe_audit', '');
+REVOKE ALL ON flex_dedupe_audit FROM PUBLIC;
+
+-- The DBA's cleanup of duplicate (crew_call_id, technician_id) rows left by the old races.
+-- Keeps per pair the oldest row by (created_at, id), NULL created_at last; copies every removed
+-- row to flex_dedupe_audit; makes sure a unique index or constraint on exactly those columns
+-- exists. Writers of the table wait for it (SHARE ROW EXCLUSIVE); readers do not. The unique
+-- index is built under that lock, never upgraded to ACCESS EXCLUSIVE, so a sync that read the
+-- table before the dedupe started cannot deadlock with it.
+CREATE FUNCTION flex_dedupe_assignments(dry_run boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER

@@ -1,0 +1,368 @@
+//! The extension in the databases it really lands in: under no default privileges, Supabase's
+//! platform defaults and the live app's defaults, every function and relation of the extension
+//! ends with exactly the ACL the README lists, and the API roles really fail at every dangerous
+//! call. The token never reaches a dump. SECURITY DEFINER functions are listed with their ACLs.
+
+use std::process::Command;
+
+use flex_sync_pg_test::harness::*;
+use postgres::Client;
+use serde_json::json;
+
+const REGIMES: [DefaultPrivileges; 3] =
+    [DefaultPrivileges::None, DefaultPrivileges::SupabasePlatform, DefaultPrivileges::LiveApp];
+
+/// A database as a new user would have it: Supabase's platform, the regime's default
+/// privileges, then `CREATE EXTENSION flex_sync`. The live app brings its own tables; the
+/// others get the reference schema.
+fn installed_under(test: &str, regime: DefaultPrivileges) -> (TestDb, Client) {
+    let db = TestDb::empty(test);
+    let mut client = db.connect();
+    supabase_platform(&mut client);
+    regime.apply(&mut client);
+    client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
+    if !matches!(regime, DefaultPrivileges::LiveApp) {
+        client.batch_execute("SELECT flex_sync_install_reference_schema()").unwrap();
+    }
+    (db, client)
+}
+
+/// Every (object, role, privilege) that PUBLIC or an API role holds on a member of the
+/// extension, by the server's own privilege checks (memberships included).
+fn reachable(client: &mut Client) -> Vec<String> {
+    client
+        .query(
+            "WITH members AS (
+                 SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                 WHERE e.extname = 'flex_sync' AND d.deptype = 'e'),
+             roles(role) AS (VALUES ('public'), ('anon'), ('authenticated'), ('service_role'))
+             SELECT format('%s %s %s', p.oid::regprocedure, r.role, 'EXECUTE')
+             FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid, roles r
+             WHERE has_function_privilege(r.role, p.oid, 'EXECUTE')
+             UNION ALL
+             SELECT format('%s %s %s', c.oid::regclass, r.role, v.privilege)
+             FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid, roles r,
+                  (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE')) v(privilege)
+             WHERE c.relkind <> 'S' AND has_table_privilege(r.role, c.oid, v.privilege)
+             UNION ALL
+             SELECT format('%s %s %s', c.oid::regclass, r.role, v.privilege)
+             FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid, roles r,
+                  (VALUES ('USAGE'), ('SELECT'), ('UPDATE')) v(privilege)
+             WHERE c.relkind = 'S' AND has_sequence_privilege(r.role, c.oid, v.privilege)
+             UNION ALL
+             SELECT format('schema %s %s %s', n.nspname, r.role, v.privilege)
+             FROM members m JOIN pg_namespace n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid, roles r,
+                  (VALUES ('USAGE'), ('CREATE')) v(privilege)
+             WHERE has_schema_privilege(r.role, n.oid, v.privilege)
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The README's table "Who may call what": the API roles may call flex_sync_job, nothing else
+/// is reachable by anyone but the owner.
+fn readme_list() -> Vec<String> {
+    vec![
+        "flex_sync_job(uuid,text[],boolean) authenticated EXECUTE".to_string(),
+        "flex_sync_job(uuid,text[],boolean) service_role EXECUTE".to_string(),
+    ]
+}
+
+fn unintended(client: &mut Client) -> Vec<String> {
+    client
+        .query("SELECT format('%s %s %s %s', kind, object, grantee, privilege) FROM flex_sync_private.unintended_grants()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn under_every_default_privilege_regime_only_the_readme_grants_exist() {
+    for regime in REGIMES {
+        let (_db, mut client) = installed_under(&format!("acl_{regime:?}").to_lowercase(), regime);
+        let members: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                 WHERE e.extname = 'flex_sync' AND d.deptype = 'e'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(members > 30, "{regime:?}: the matrix sees the extension's objects ({members})");
+        assert_eq!(reachable(&mut client), readme_list(), "{regime:?}");
+        assert_eq!(unintended(&mut client), Vec::<String>::new(), "{regime:?}");
+    }
+}
+
+#[test]
+fn the_check_names_a_grant_made_later_and_restrict_acls_removes_it() {
+    let (_db, mut client) = installed_under("acl_later", DefaultPrivileges::None);
+    client
+        .batch_execute(
+            "GRANT SELECT, UPDATE ON flex_sync_log TO anon;
+             GRANT SELECT (api_token) ON flex_sync_private.api_token TO authenticated;
+             GRANT USAGE ON SCHEMA flex_sync_private TO authenticated;
+             GRANT EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) TO PUBLIC;",
+        )
+        .unwrap();
+    assert_eq!(
+        unintended(&mut client),
+        vec![
+            "FUNCTION public.flex_sync_pending(integer,integer,integer) PUBLIC EXECUTE",
+            "SCHEMA flex_sync_private authenticated USAGE",
+            "TABLE flex_sync_private.api_token authenticated SELECT (api_token)",
+            "TABLE public.flex_sync_log anon SELECT",
+            "TABLE public.flex_sync_log anon UPDATE",
+        ]
+    );
+    client.batch_execute("SELECT flex_sync_private.restrict_acls()").unwrap();
+    assert_eq!(unintended(&mut client), Vec::<String>::new());
+    assert_eq!(reachable(&mut client), readme_list());
+}
+
+/// Every SECURITY DEFINER function of the extension, with its pinned search_path and its ACL.
+#[test]
+fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_acls() {
+    let (_db, mut client) = installed_under("acl_definer", DefaultPrivileges::SupabasePlatform);
+    let listed: Vec<String> = client
+        .query(
+            "SELECT format('%s %s %s', p.oid::regprocedure, p.proconfig,
+                           (SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                                             || '=' || a.privilege_type ORDER BY 1)
+                            FROM aclexplode(p.proacl) a WHERE a.grantee <> p.proowner))
+             FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+             JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'flex_sync'
+             WHERE p.prosecdef ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let path = "{\"search_path=pg_catalog, pg_temp\"}";
+    let path_public = "{\"search_path=pg_catalog, public, pg_temp\"}";
+    assert_eq!(
+        listed,
+        vec![
+            format!("flex_dedupe_assignments(boolean) {path_public} "),
+            format!("flex_sync_job(uuid,text[],boolean) {path_public} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
+            format!("flex_sync_pending(integer,integer,integer) {path_public} "),
+            format!("flex_sync_private.on_assignment_change() {path} "),
+            format!("flex_sync_private.on_crew_call_change() {path} "),
+            format!("flex_sync_private.on_resource_change() {path} "),
+            format!("flex_sync_requeue(uuid) {path} "),
+        ]
+    );
+}
+
+/// anon and a signed-in technician, through PostgREST, try every call and table that could
+/// read the log or the audit, change the settings, sync or clean up: each is refused with
+/// 42501 and nothing changes, in Flex or in the database.
+#[test]
+fn anon_and_a_technician_are_refused_every_dangerous_call_through_postgrest() {
+    for regime in [DefaultPrivileges::SupabasePlatform, DefaultPrivileges::LiveApp] {
+        let (db, mut client) = installed_under(&format!("acl_rpc_{regime:?}").to_lowercase(), regime);
+        let sim = Sim::start();
+        configure(&mut client, &sim, json!({}));
+        let (job, technician) = live_app_job(&mut client);
+        let before = client.query_one("SELECT flex_sync_settings::text FROM flex_sync_settings", &[]).unwrap().get::<_, String>(0);
+        let attempts = [
+            format!("SELECT flex_sync_job('{job}'::uuid)::text"),
+            "SELECT flex_dedupe_assignments()::text".into(),
+            "SELECT flex_sync_pending()::text".into(),
+            "SELECT flex_sync_requeue()::text".into(),
+            "SELECT flex_sync_enable_queue()::text".into(),
+            "SELECT flex_sync_install_reference_schema()::text".into(),
+            "SELECT flex_sync_configure('https://attacker.example/f5/api', 'stolen')::text".into(),
+            "SELECT flex_sync_authorize()::text".into(),
+            format!("SELECT count(*)::text FROM flex_sync_desired_crew('{job}'::uuid, 'sound')"),
+            "SELECT count(*)::text FROM flex_sync_log".into(),
+            "SELECT count(*)::text FROM flex_dedupe_audit".into(),
+            "SELECT count(*)::text FROM flex_sync_settings".into(),
+            "SELECT count(*)::text FROM flex_sync_last_sync".into(),
+            "SELECT count(*)::text FROM flex_sync_queue".into(),
+            "INSERT INTO flex_sync_business_roles (department, tier, business_role_id) VALUES ('lights', 'R', 'x')".into(),
+            "UPDATE flex_sync_business_roles SET business_role_id = 'x'".into(),
+            "DELETE FROM flex_sync_log".into(),
+            "SELECT api_token FROM flex_sync_private.api_token".into(),
+            "SELECT api_token FROM flex_sync_private.effective_settings()".into(),
+        ];
+        for (role, claims) in [("anon", json!({"role": "anon"})), ("authenticated", json!({"role": "authenticated", "sub": technician}))] {
+            for sql in &attempts {
+                let outcome = postgrest(&mut client, role, &claims, None, sql);
+                assert_eq!(outcome, Err("42501".to_string()), "{regime:?} {role}: {sql}");
+            }
+        }
+        assert_eq!(sim.total_calls(), 0, "{regime:?}: nothing reached Flex");
+        let after = client.query_one("SELECT flex_sync_settings::text FROM flex_sync_settings", &[]).unwrap().get::<_, String>(0);
+        assert_eq!(before, after, "{regime:?}: settings unchanged");
+        let touched: i64 = client
+            .query_one("SELECT (SELECT count(*) FROM flex_sync_log) + (SELECT count(*) FROM flex_sync_business_roles WHERE NOT seeded)", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(touched, 0, "{regime:?}");
+        drop(db);
+    }
+}
+
+/// A job in the live app's tables (or the reference schema's, which accept the same rows): an
+/// admin, a technician, three sound technicians with enum statuses, one declined. Returns the
+/// job id and the technician's profile id.
+fn live_app_job(client: &mut Client) -> (String, String) {
+    let live: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'jobs' AND column_name = 'end_time')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // The live app's profiles need an auth user and an email; its jobs, their times.
+    let (email_column, email_value, times_columns, times_values) = if live {
+        (", email", ", 'u' || n || '@example.com'", ", start_time, end_time", ", now(), now() + interval '1 day'")
+    } else {
+        ("", "", "", "")
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE people AS SELECT gen_random_uuid() AS id, n FROM generate_series(1, 5) n;
+             INSERT INTO auth.users (id) SELECT id FROM people;
+             INSERT INTO profiles (id, role, department, flex_resource_id{email_column})
+             SELECT id, 'admin', 'sound', NULL{email_value} FROM people WHERE n = 1;
+             INSERT INTO profiles (id, role, department, flex_resource_id{email_column})
+             SELECT id, 'technician', 'sound', CASE WHEN n > 2 THEN 'res-live-' || n END{email_value}
+             FROM people WHERE n > 1;"
+        ))
+        .unwrap();
+    let job: String = client
+        .query_one(&format!("INSERT INTO jobs (title{times_columns}) VALUES ('Live job'{times_values}) RETURNING id::text"), &[])
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO flex_crew_calls (job_id, department, flex_element_id) VALUES ($1::text::uuid, 'sound', gen_random_uuid())",
+            &[&job],
+        )
+        .unwrap();
+    // Literal statuses: the live app's column is an enum, which text does not cast to.
+    client
+        .execute(
+            "INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
+             SELECT $1::text::uuid, p.id, CASE WHEN p.flex_resource_id LIKE '%3' THEN 'SND-FOH-R' END, 'confirmed'
+             FROM profiles p WHERE p.flex_resource_id IN ('res-live-3', 'res-live-4')",
+            &[&job],
+        )
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO job_assignments (job_id, technician_id, status)
+             SELECT $1::text::uuid, p.id, 'declined' FROM profiles p WHERE p.flex_resource_id = 'res-live-5'",
+            &[&job],
+        )
+        .unwrap();
+    let technician: String = client
+        .query_one("SELECT id::text FROM profiles WHERE role = 'technician' AND flex_resource_id IS NULL", &[])
+        .unwrap()
+        .get(0);
+    (job, technician)
+}
+
+/// The live app's own tables (enum `assignment_status` and `user_role`, RLS enabled, its
+/// constraint names, its default privileges): an admin syncs through PostgREST, the declined
+/// technician stays out, and the sync converges.
+#[test]
+fn the_live_app_schema_syncs_end_to_end_through_postgrest() {
+    let (db, mut client) = installed_under("live_app", DefaultPrivileges::LiveApp);
+    let sim = Sim::start();
+    configure(&mut client, &sim, json!({}));
+    let (job, _) = live_app_job(&mut client);
+    let admin: String = client.query_one("SELECT id::text FROM profiles WHERE role = 'admin'", &[]).unwrap().get(0);
+    let text = postgrest(&mut client, "authenticated", &json!({"role": "authenticated", "sub": admin}), Some("8s"),
+                         &format!("SELECT flex_sync_job('{job}'::uuid)::text"))
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["summary"]["sound"]["added"], 2, "two desired, the declined one left out: {result}");
+    let element: String = client
+        .query_one("SELECT flex_element_id::text FROM flex_crew_calls WHERE job_id = $1::text::uuid", &[&job])
+        .unwrap()
+        .get(0);
+    let mut resources: Vec<String> = sim.contacts(&element).into_iter().map(|(_, r, _)| r).collect();
+    resources.sort();
+    assert_eq!(resources, ["res-live-3", "res-live-4"]);
+    let roles: Vec<Option<String>> = sim.contacts(&element).into_iter().map(|(_, _, role)| role).collect();
+    assert!(roles.iter().any(|r| r.as_deref() == Some("2916b300-c515-11ea-a087-2a0a4490a7fb")), "the R tier role: {roles:?}");
+    let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
+    assert_eq!(rows, 2);
+    sim.reset_calls();
+    let again = sync(&mut client, &job);
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(sim.total_calls(), 1, "I3: a second sync only lists");
+    drop(db);
+}
+
+fn pg_dump(conninfo: &str, extra: &[&str]) -> String {
+    let out = Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+        .arg("--dbname")
+        .arg(conninfo)
+        .args(extra)
+        .output()
+        .expect("run pg_dump");
+    assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The token given to flex_sync_configure works for the sync and reaches no dump, schema or
+/// data; the endpoint and options do reach it (so the dump really holds the settings).
+#[test]
+fn pg_dump_never_holds_the_token() {
+    let (db, sim, mut client) = rig("dump_token", json!({}));
+    let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+    for extra in [&[][..], &["--data-only"], &["--schema-only"], &["--inserts", "--column-inserts"]] {
+        let dump = pg_dump(&db.conninfo, extra);
+        assert!(!dump.contains(SIM_TOKEN), "the token is in pg_dump {extra:?}");
+        if !extra.contains(&"--schema-only") {
+            assert!(dump.contains(&sim.server.base_url()), "the settings are dumped {extra:?}");
+        }
+    }
+}
+
+/// With the option api_token_vault_secret, the token is read from Supabase Vault at call time
+/// (a stand-in `vault.decrypted_secrets` view here) and is nowhere in the extension's tables.
+#[test]
+fn the_token_can_live_in_vault_and_is_read_at_call_time() {
+    let db = TestDb::create("vault_token");
+    let mut client = db.connect();
+    let sim = Sim::start();
+    client
+        .batch_execute(
+            "CREATE SCHEMA vault;
+             CREATE TABLE vault.secrets (name text PRIMARY KEY, secret text);
+             CREATE VIEW vault.decrypted_secrets AS SELECT name, secret AS decrypted_secret FROM vault.secrets;",
+        )
+        .unwrap();
+    client.execute("INSERT INTO vault.secrets VALUES ('flex_key', $1)", &[&SIM_TOKEN]).unwrap();
+    client
+        .execute(
+            "SELECT flex_sync_configure($1, NULL, $2::text::jsonb)",
+            &[&sim.server.base_url(), &json!({"allow_insecure_loopback": true, "api_token_vault_secret": "flex_key"}).to_string()],
+        )
+        .unwrap();
+    let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
+    assert_eq!(sync(&mut client, &job.id)["ok"], true, "the sync used the Vault secret");
+    let stored: i64 = client.query_one("SELECT count(*) FROM flex_sync_private.api_token", &[]).unwrap().get(0);
+    assert_eq!(stored, 0);
+    let dump = pg_dump(&db.conninfo, &["--exclude-schema", "vault"]);
+    assert!(!dump.contains(SIM_TOKEN));
+    assert!(dump.contains("flex_key"), "the settings name the secret");
+    // A rotated secret is used by the next sync, without configuring again.
+    client.execute("UPDATE vault.secrets SET secret = 'revoked'", &[]).unwrap();
+    let refused = sync(&mut client, &job.id);
+    assert!(refused["summary"]["sound"]["errors"].to_string().contains("flex_unauthorized"), "{refused}");
+}
