@@ -7,7 +7,7 @@
 -- intended, then refuses to finish if one is left. Every install and update script ends with it.
 
 -- The grants the extension makes itself, where the role exists: the frontend's roles may call
--- the sync (flex_sync_authorize() still refuses anon and non-managers). Nothing else.
+-- the sync (flex_sync_private.authorize() still refuses anon and non-managers). Nothing else.
 CREATE FUNCTION flex_sync_private.intended_grants()
 RETURNS TABLE (object text, grantee name, privilege text)
 LANGUAGE sql IMMUTABLE

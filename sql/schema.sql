@@ -95,7 +95,7 @@ LEFT JOIN flex_sync_private.api_token t ON true;
 -- Default: a non-empty flex_resource_id, an assignment that is not declined, and either a role
 -- for the department or no role at all and the profile's department equal to it.
 -- Replace it with CREATE OR REPLACE FUNCTION to change the rule (README: "confirmed only").
-CREATE FUNCTION flex_sync_desired_crew(p_job_id uuid, p_department text)
+CREATE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
 RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, public, pg_temp
@@ -197,7 +197,7 @@ $$;
 -- PostgREST switched to with SET LOCAL ROLE; callers that did not switch are judged by the
 -- EXECUTE grant alone. Default, as the live app: anon never; authenticated only when the JWT
 -- subject's profile role is admin or management.
-CREATE FUNCTION flex_sync_authorize()
+CREATE FUNCTION flex_sync_private.authorize()
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, public, pg_temp

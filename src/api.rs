@@ -14,7 +14,7 @@ use crate::sync::{sync_job, SyncRequest};
 /// crew call; `wait_for_lock` false skips (status `skipped`) a department another sync holds.
 /// SECURITY DEFINER: it reads the private settings and writes the application's tables as the
 /// extension's owner, as the Edge Function's service role did; who may call it is decided by
-/// the EXECUTE grant and `flex_sync_authorize()`.
+/// the EXECUTE grant and `flex_sync_private.authorize()`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, public, pg_temp)]
 fn flex_sync_job(

@@ -73,7 +73,7 @@ fn desired_crew_follows_the_default_rule() {
     .unwrap();
     let got = Spi::get_one::<String>(
         "SELECT string_agg(flex_resource_id || ':' || coalesce(role_code, '-'), ',' ORDER BY flex_resource_id)
-         FROM flex_sync_desired_crew('00000000-0000-0000-0000-00000000000a', 'sound')",
+         FROM flex_sync_private.desired_crew('00000000-0000-0000-0000-00000000000a', 'sound')",
     )
     .unwrap();
     assert_eq!(got.as_deref(), Some("res-1:SND-FOH-R,res-2:-"));

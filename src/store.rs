@@ -70,9 +70,9 @@ fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
     Ok(Spi::run_with_args(sql, args)?)
 }
 
-/// The overridable authorization rule (`flex_sync_authorize()`); it raises 42501 itself.
+/// The overridable authorization rule (`flex_sync_private.authorize()`); it raises 42501 itself.
 pub fn authorize() -> Result<()> {
-    Ok(Spi::run("SELECT flex_sync_authorize()")?)
+    Ok(Spi::run("SELECT flex_sync_private.authorize()")?)
 }
 
 /// The application tables exist and `flex_crew_assignments` has a unique constraint or unique
@@ -281,7 +281,7 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
              'id', c.id,
              'element', c.flex_element_id,
              'desired', (SELECT jsonb_agg(jsonb_build_object('t', d.technician_id, 'r', d.flex_resource_id, 'c', d.role_code))
-                         FROM flex_sync_desired_crew($1::uuid, $2) d),
+                         FROM flex_sync_private.desired_crew($1::uuid, $2) d),
              'rows', (SELECT jsonb_agg(jsonb_build_object('t', a.technician_id, 'l', a.flex_line_item_id))
                       FROM public.flex_crew_assignments a WHERE a.crew_call_id = c.id),
              'known', (SELECT jsonb_agg(jsonb_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))

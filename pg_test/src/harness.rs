@@ -280,7 +280,7 @@ pub fn assert_converged(client: &mut Client, sim: &Sim, job: &Job) {
     assert_no_duplicate_rows(client);
     for (dept, element) in &job.elements {
         let desired: BTreeMap<String, String> = client
-            .query("SELECT technician_id::text, flex_resource_id FROM flex_sync_desired_crew($1::text::uuid, $2)", &[&job.id, dept])
+            .query("SELECT technician_id::text, flex_resource_id FROM flex_sync_private.desired_crew($1::text::uuid, $2)", &[&job.id, dept])
             .unwrap()
             .iter()
             .map(|r| (r.get(0), r.get(1)))

@@ -26,7 +26,7 @@ fn assert_rows_agree_with_flex(client: &mut Client, sim: &Sim, job: &Job) {
     let rows = client
         .query(
             "SELECT a.flex_line_item_id::text FROM flex_crew_assignments a
-             WHERE a.technician_id IN (SELECT technician_id FROM flex_sync_desired_crew($1::text::uuid, 'sound'))",
+             WHERE a.technician_id IN (SELECT technician_id FROM flex_sync_private.desired_crew($1::text::uuid, 'sound'))",
             &[&job.id],
         )
         .unwrap();
@@ -293,11 +293,11 @@ fn the_token_never_leaks_into_errors_logs_or_activity() {
             assert!(!log.contains(secret), "the server log holds the token");
         }
     }
-    // No caller role can read the private settings.
+    // No caller role can read the stored token.
     client.batch_execute("CREATE ROLE plain_caller").unwrap_or(());
     let mut tx = client.transaction().unwrap();
     tx.batch_execute("SET LOCAL ROLE plain_caller").unwrap();
-    let denied = tx.query_one("SELECT api_token FROM flex_sync_private.settings", &[]).unwrap_err();
+    let denied = tx.query_one("SELECT api_token FROM flex_sync_private.api_token", &[]).unwrap_err();
     assert_eq!(denied.as_db_error().unwrap().code().code(), "42501");
 }
 

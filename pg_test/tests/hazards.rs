@@ -238,7 +238,7 @@ fn a_replaced_desired_set_rule_is_used() {
     let (_db, sim, job, mut client) = setup("confirmed_only", &FOUR);
     client
         .batch_execute(
-            "CREATE OR REPLACE FUNCTION flex_sync_desired_crew(p_job_id uuid, p_department text)
+            "CREATE OR REPLACE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
              RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
              LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
                  SELECT ja.technician_id, btrim(p.flex_resource_id), ja.sound_role

@@ -171,7 +171,7 @@ fn measure(client: &mut Client, sim: &Sim, jobs: &[Job]) -> Outcome {
     for job in jobs {
         for (dept, element) in &job.elements {
             let desired: BTreeSet<String> = client
-                .query("SELECT flex_resource_id FROM flex_sync_desired_crew($1::text::uuid, $2)", &[&job.id, dept])
+                .query("SELECT flex_resource_id FROM flex_sync_private.desired_crew($1::text::uuid, $2)", &[&job.id, dept])
                 .unwrap()
                 .iter()
                 .map(|r| r.get(0))
