@@ -14,7 +14,7 @@ status=0
 step() {
     local name=$1; shift
     echo "==> $name: $*"
-    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|thread|  left|  right|failures:|=+$| All | [0-9]+ of )"
+    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|thread|  left|  right|failures:|=+$| All | [0-9]+ of |release )"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || { echo "==> $name failed (exit $rc); full output in $logs/$name.log"; status=1; }
     return "$rc"
@@ -28,6 +28,9 @@ pgrx_data=/tmp/flex_sync_pgrx_test
 step pg_test cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
 # `cargo pgrx test` leaves its test build installed; install the real one.
 step install cargo pgrx install --pg-config "$pg_config" || { echo "install failed"; exit 1; }
+# Released install scripts, rebuilt from their commits: the current one unedited, older ones
+# installed for the upgrade test.
+step released bash pg_test/released.sh "$pg_config"
 
 cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }

@@ -245,7 +245,7 @@ fn shared_agent(connect_timeout_ms: u64, allow_insecure_loopback: bool) -> ureq:
                 // ureq reads a proxy from the environment by default: a proxy would resolve and
                 // reach the host itself, and the checked addresses would mean nothing.
                 .proxy(None)
-                .user_agent("flex_sync/0.1")
+                .user_agent(concat!("flex_sync/", env!("CARGO_PKG_VERSION")))
                 .build();
             let resolver = CheckedResolver { inner: DefaultResolver::default(), allow_insecure_loopback };
             let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);

@@ -1,7 +1,8 @@
-//! Updates. 1.0.0 is the first release, so there is no older install script yet; what every
-//! later update script must do is tested here: end with `flex_sync_private.restrict_acls()`, so
-//! that an update run under Supabase's default privileges, over a database where grants leaked,
-//! leaves exactly the objects, ACLs and data of a fresh install.
+//! Updates. Every release older than the current one (pg_test/released.sh installs them from
+//! their commits; 1.0.0 is the first, so there is none yet) updates to what a fresh install is.
+//! And what every update script must end with is tested on the current version: an update run
+//! with `flex_sync_private.restrict_acls()` under Supabase's default privileges, over a database
+//! whose grants leaked, leaves exactly the objects, ACLs and data of a fresh install.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -75,24 +76,9 @@ impl Drop for NextVersion {
     }
 }
 
-#[test]
-fn an_update_under_supabase_defaults_leaves_the_acls_and_data_of_a_fresh_install() {
-    let fresh = TestDb::empty("upgrade_fresh");
-    let mut fresh_client = fresh.connect();
-    supabase_platform(&mut fresh_client);
-    fresh_client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
-    let current: String =
-        fresh_client.query_one("SELECT extversion FROM pg_extension WHERE extname = 'flex_sync'", &[]).unwrap().get(0);
-    assert_eq!(current, "1.0.0");
-    let expected = fingerprint(&mut fresh_client);
-    assert!(expected.len() > 30, "the fingerprint sees the extension's objects: {}", expected.len());
-
-    let db = TestDb::empty("upgrade_defaults");
-    let mut client = db.connect();
-    supabase_platform(&mut client);
-    client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
-    // Data written with the installed version, and grants leaked the way a release without
-    // restrict_acls() left them.
+/// Data written with the installed version, and grants leaked the way a release without
+/// restrict_acls() left them.
+fn write_data_and_leak_grants(client: &mut Client) {
     client
         .batch_execute(
             "INSERT INTO flex_sync_business_roles (department, tier, business_role_id) VALUES ('lights', 'R', 'lights-r');
@@ -102,25 +88,68 @@ fn an_update_under_supabase_defaults_leaves_the_acls_and_data_of_a_fresh_install
              GRANT USAGE ON SCHEMA flex_sync_private TO anon;",
         )
         .unwrap();
-    DefaultPrivileges::SupabasePlatform.apply(&mut client);
-    assert_ne!(fingerprint(&mut client), expected, "the leaked grants show before the update");
+}
 
-    let next = NextVersion::install(&current);
-    client.batch_execute(&format!("ALTER EXTENSION flex_sync UPDATE TO '{}'", next.version)).unwrap();
-    let updated = fingerprint(&mut client);
+fn assert_same_objects_and_data(client: &mut Client, expected: &[String], from: &str) {
+    let updated = fingerprint(client);
     let head = |o: &String| o.chars().take(200).collect::<String>();
     let missing: Vec<_> = expected.iter().filter(|o| !updated.contains(o)).map(head).collect();
     let extra: Vec<_> = updated.iter().filter(|o| !expected.contains(o)).map(head).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
-
+    assert!(missing.is_empty() && extra.is_empty(), "from {from}: missing {missing:#?}\nextra {extra:#?}");
     let lights: String = client
         .query_one("SELECT business_role_id FROM flex_sync_business_roles WHERE department = 'lights'", &[])
         .unwrap()
         .get(0);
-    assert_eq!(lights, "lights-r");
+    assert_eq!(lights, "lights-r", "from {from}");
     let token_kept: bool = client
         .query_one("SELECT api_token = 'token-kept-by-the-update' FROM flex_sync_private.api_token", &[])
         .unwrap()
         .get(0);
-    assert!(token_kept);
+    assert!(token_kept, "from {from}");
+}
+
+#[test]
+fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() {
+    let fresh = TestDb::empty("upgrade_fresh");
+    let mut fresh_client = fresh.connect();
+    supabase_platform(&mut fresh_client);
+    fresh_client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
+    let current: String =
+        fresh_client.query_one("SELECT extversion FROM pg_extension WHERE extname = 'flex_sync'", &[]).unwrap().get(0);
+    let expected = fingerprint(&mut fresh_client);
+    assert!(expected.len() > 30, "the fingerprint sees the extension's objects: {}", expected.len());
+    // The releases before this one, installed by pg_test/released.sh from their commits (none
+    // while 1.0.0 is the only release).
+    let older: Vec<String> = fresh_client
+        .query(
+            "SELECT version FROM pg_available_extension_versions WHERE name = 'flex_sync' AND version <> $1
+               AND version NOT LIKE '%-acl-test' ORDER BY version",
+            &[&current],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for version in &older {
+        let db = TestDb::empty(&format!("upgrade_from_{}", version.replace('.', "_")));
+        let mut client = db.connect();
+        supabase_platform(&mut client);
+        DefaultPrivileges::SupabasePlatform.apply(&mut client);
+        client.batch_execute(&format!("CREATE EXTENSION flex_sync VERSION '{version}'")).unwrap();
+        write_data_and_leak_grants(&mut client);
+        client.batch_execute("ALTER EXTENSION flex_sync UPDATE").unwrap();
+        assert_same_objects_and_data(&mut client, &expected, version);
+    }
+
+    // The current version, updated by a script that is only the ending every update script has.
+    let db = TestDb::empty("upgrade_defaults");
+    let mut client = db.connect();
+    supabase_platform(&mut client);
+    client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
+    write_data_and_leak_grants(&mut client);
+    DefaultPrivileges::SupabasePlatform.apply(&mut client);
+    assert_ne!(fingerprint(&mut client), expected, "the leaked grants show before the update");
+    let next = NextVersion::install(&current);
+    client.batch_execute(&format!("ALTER EXTENSION flex_sync UPDATE TO '{}'", next.version)).unwrap();
+    assert_same_objects_and_data(&mut client, &expected, &current);
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Released install scripts are never edited. Every release recorded in sql/releases (a version
+# and the commit it was cut from, one per line) is rebuilt from that commit with `cargo pgrx
+# schema`; the current version's must equal the installed script byte for byte, and older ones
+# are installed next to it so that the upgrade test can start from them.
+#   released.sh PG_CONFIG
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+pg_config=$1
+extdir="$("$pg_config" --sharedir)/extension"
+current=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$root/Cargo.toml" | head -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+status=0
+while read -r version commit; do
+    case "$version" in ''|'#'*) continue ;; esac
+    git -C "$root" cat-file -e "$commit^{commit}" || { echo "release $version: commit $commit is not in this clone" >&2; exit 1; }
+    mkdir -p "$work/$version"
+    git -C "$root" archive "$commit" | tar -x -C "$work/$version"
+    # The release's own sources, built into their own target directory (it caches the dependencies).
+    (cd "$work/$version" && CARGO_TARGET_DIR="$root/target/released" cargo pgrx schema pg15 --pg-config "$pg_config" \
+        --out "$work/flex_sync--$version.sql" >"$work/$version.log" 2>&1) || { cat "$work/$version.log" >&2; exit 1; }
+    if [ "$version" = "$current" ]; then
+        if cmp -s "$work/flex_sync--$version.sql" "$extdir/flex_sync--$version.sql"; then
+            echo "release $version ($commit): the install script is unchanged"
+        else
+            echo "release $version ($commit): the install script was edited after its release; bump the version and add sql/flex_sync--$version--<next>.sql" >&2
+            diff "$work/flex_sync--$version.sql" "$extdir/flex_sync--$version.sql" | head -40 >&2 || true
+            status=1
+        fi
+    else
+        install -m 644 "$work/flex_sync--$version.sql" "$extdir/"
+        echo "release $version ($commit): installed for the upgrade test"
+    fi
+done < "$root/sql/releases"
+exit "$status"
