@@ -39,7 +39,7 @@ CREATE FUNCTION flex_dedupe_assignments(dry_run boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     batch            uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
@@ -77,13 +77,7 @@ BEGIN
         LOCK TABLE public.flex_crew_assignments IN SHARE ROW EXCLUSIVE MODE;
     END IF;
 
-    SELECT i.indexrelid::regclass::text INTO existing
-    FROM pg_index i
-    WHERE i.indrelid = 'public.flex_crew_assignments'::regclass
-      AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-      AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
-           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['crew_call_id', 'technician_id']
-    LIMIT 1;
+    SELECT u.index_name INTO existing FROM flex_sync_private.pair_unique_index() u;
 
     -- One statement text for the dry run and the real one: the real run adds the delete and its
     -- audit copy (the %s), so both report what the same planning found, and the dry run stays a
@@ -152,7 +146,7 @@ BEGIN
         -- The audit copy is the row as the delete returns it. The audit is also the mark: the
         -- sync counts every line its crew call's removed rows pointed at as its own, so the next
         -- flex_sync_job deletes the orphaned contacts in Flex even under orphan_policy 'keep'.
-        INSERT INTO flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id,
+        INSERT INTO @extschema@.flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id,
                                        kept_row_id, removed_row)
         SELECT $1, now(), g.crew_call_id, g.technician_id, g.flex_line_item_id::text, g.keeper_id::text,
                g.removed_row

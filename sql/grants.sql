@@ -18,11 +18,14 @@ AS $$
 $$;
 
 -- Every privilege on a member of the extension held by a role other than the object's owner
--- (PUBLIC included, column privileges included) that intended_grants() does not list. `kind`
--- and `object` are what GRANT and REVOKE take; objects are named schema-qualified, as the
--- pinned search_path makes regprocedure and regclass print them.
+-- (PUBLIC included, column privileges included) that intended_grants() does not list, and the
+-- grant option on one it does (with it a grantee could pass the privilege on). `kind` and
+-- `object` are what GRANT and REVOKE take; objects are named schema-qualified, as the pinned
+-- search_path makes regprocedure and regclass print them. `option_only`: only the grant option
+-- is unintended. Grants made by the owner come first: revoking them with CASCADE also removes
+-- what their grantees passed on.
 CREATE FUNCTION flex_sync_private.unintended_grants()
-RETURNS TABLE (kind text, object text, grantee text, privilege text)
+RETURNS TABLE (kind text, object text, grantee text, privilege text, option_only boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -31,32 +34,35 @@ AS $$
         FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
         WHERE d.refclassid = 'pg_extension'::regclass AND e.extname = 'flex_sync' AND d.deptype = 'e'
     ), held AS (
-        SELECT 'FUNCTION' AS kind, p.oid::regprocedure::text AS object, p.proowner AS owner, a.grantee,
-               a.privilege_type AS privilege
+        SELECT 'ROUTINE' AS kind, p.oid::regprocedure::text AS object, p.proowner AS owner, a.*
         FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid,
              aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
         UNION ALL
-        SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass::text, c.relowner,
-               a.grantee, a.privilege_type
+        SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass::text, c.relowner, a.*
         FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid,
              aclexplode(coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
         UNION ALL
-        SELECT 'TABLE', c.oid::regclass::text, c.relowner, a.grantee,
-               a.privilege_type || ' (' || quote_ident(att.attname) || ')'
+        SELECT 'TABLE', c.oid::regclass::text, c.relowner, a.grantor, a.grantee,
+               a.privilege_type || ' (' || quote_ident(att.attname) || ')', a.is_grantable
         FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
              JOIN pg_attribute att ON att.attrelid = c.oid AND att.attacl IS NOT NULL,
              aclexplode(att.attacl) a
         UNION ALL
-        SELECT 'SCHEMA', quote_ident(n.nspname), n.nspowner, a.grantee, a.privilege_type
+        SELECT 'SCHEMA', quote_ident(n.nspname), n.nspowner, a.*
         FROM members m JOIN pg_namespace n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid,
              aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+    ), judged AS (
+        SELECT h.*, CASE WHEN h.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee_name,
+               EXISTS (SELECT 1 FROM flex_sync_private.intended_grants() i
+                       WHERE h.kind = 'ROUTINE' AND i.object = h.object AND i.grantee = r.rolname
+                         AND i.privilege = h.privilege_type) AS intended
+        FROM held h LEFT JOIN pg_roles r ON r.oid = h.grantee
+        WHERE h.grantee <> h.owner
     )
-    SELECT h.kind, h.object, CASE WHEN h.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, h.privilege
-    FROM held h LEFT JOIN pg_roles r ON r.oid = h.grantee
-    WHERE h.grantee <> h.owner
-      AND NOT EXISTS (SELECT 1 FROM flex_sync_private.intended_grants() i
-                      WHERE i.object = h.object AND i.grantee = r.rolname AND i.privilege = h.privilege)
-    ORDER BY 1, 2, 3, 4;
+    SELECT kind, object, grantee_name, privilege_type, intended
+    FROM judged
+    WHERE NOT intended OR is_grantable
+    ORDER BY grantor <> owner, 1, 2, 3, 4;
 $$;
 
 CREATE FUNCTION flex_sync_private.restrict_acls()
@@ -69,17 +75,21 @@ DECLARE
     left_over text;
 BEGIN
     FOR g IN SELECT * FROM flex_sync_private.unintended_grants() LOOP
-        EXECUTE format('REVOKE %s ON %s %s FROM %s CASCADE', g.privilege, g.kind, g.object, g.grantee);
+        EXECUTE format('REVOKE %s%s ON %s %s FROM %s CASCADE',
+                       CASE WHEN g.option_only THEN 'GRANT OPTION FOR ' ELSE '' END,
+                       g.privilege, g.kind, g.object, g.grantee);
     END LOOP;
     FOR g IN SELECT i.* FROM flex_sync_private.intended_grants() i JOIN pg_roles r ON r.rolname = i.grantee LOOP
-        EXECUTE format('GRANT %s ON FUNCTION %s TO %I', g.privilege, g.object, g.grantee);
+        EXECUTE format('GRANT %s ON ROUTINE %s TO %I', g.privilege, g.object, g.grantee);
     END LOOP;
-    SELECT string_agg(format('%s on %s %s', u.privilege, lower(u.kind), u.object) || ' to ' || u.grantee, '; ')
+    SELECT string_agg(format('%s on %s %s to %s%s', u.privilege, lower(u.kind), u.object, u.grantee,
+                             CASE WHEN u.option_only THEN ' (its grant option)' ELSE '' END), '; ')
     INTO left_over FROM flex_sync_private.unintended_grants() u;
     IF left_over IS NOT NULL THEN
         RAISE EXCEPTION 'flex_sync: extension objects are reachable by roles it does not grant: %', left_over
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'revoke these privileges, then run the install or update again';
+                  HINT = 'revoke these privileges (with GRANTED BY the role that granted them, and CASCADE), '
+                         'then run the install or update again';
     END IF;
 END
 $$;

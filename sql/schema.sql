@@ -91,6 +91,29 @@ SELECT s.base_url,
 FROM flex_sync_private.settings s
 LEFT JOIN flex_sync_private.api_token t ON true;
 
+-- The unique index on flex_crew_assignments (crew_call_id, technician_id), whatever its name:
+-- unique, valid (not left half-built, nor a partitioned table's index not yet on every
+-- partition), on exactly those two key columns (INCLUDE columns allowed), without predicate or
+-- expression. A deferrable one comes first: ON CONFLICT refuses every arbiter once one of them is
+-- deferrable, so the sync refuses to run while it exists. No row when there is none: the sync
+-- refuses to run without one, the dedupe makes it.
+CREATE FUNCTION flex_sync_private.pair_unique_index(OUT index_name name, OUT is_deferrable boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.relname, NOT i.indimmediate
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = to_regclass('public.flex_crew_assignments')
+      AND i.indisunique AND i.indisvalid
+      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+           FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE k.position <= i.indnkeyatts) = ARRAY['crew_call_id', 'technician_id']
+    ORDER BY i.indimmediate, c.relname
+    LIMIT 1;
+$$;
+
 -- Who should be on a department's crew call: the one place that defines it.
 -- Default: a non-empty flex_resource_id, an assignment that is not declined, and either a role
 -- for the department or no role at all and the profile's department equal to it.
@@ -98,13 +121,13 @@ LEFT JOIN flex_sync_private.api_token t ON true;
 CREATE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
 RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY
     SELECT ja.technician_id, btrim(p.flex_resource_id), r.role_code
-    FROM job_assignments ja
-    JOIN profiles p ON p.id = ja.technician_id
+    FROM public.job_assignments ja
+    JOIN public.profiles p ON p.id = ja.technician_id
     CROSS JOIN LATERAL (
         SELECT nullif(btrim(CASE p_department
                                 WHEN 'sound' THEN ja.sound_role
@@ -149,7 +172,7 @@ $$;
 CREATE FUNCTION flex_sync_install_reference_schema()
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     CREATE TABLE IF NOT EXISTS public.jobs (
@@ -200,7 +223,7 @@ $$;
 CREATE FUNCTION flex_sync_private.authorize()
 RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     caller text := nullif(current_setting('role'), 'none');
@@ -211,7 +234,7 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege', HINT = 'sign in as an admin or management user';
     END IF;
     IF caller = 'authenticated' AND NOT EXISTS (
-        SELECT 1 FROM profiles p
+        SELECT 1 FROM public.profiles p
         WHERE p.id::text = subject AND p.role IN ('admin', 'management')
     ) THEN
         RAISE EXCEPTION 'flex_sync: only admin or management users may sync'
@@ -304,7 +327,7 @@ $$;
 CREATE FUNCTION flex_sync_enable_queue()
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     DROP TRIGGER IF EXISTS flex_sync_mark_dirty ON public.job_assignments;
@@ -334,7 +357,7 @@ CREATE FUNCTION flex_sync_pending(max_jobs integer DEFAULT 50, max_seconds integ
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     started   timestamptz := clock_timestamp();
@@ -369,7 +392,7 @@ BEGIN
         FROM flex_sync_private.dirty d WHERE d.job_id = item.job_id AND d.department = item.department;
         failure := NULL;
         BEGIN
-            result := flex_sync_job(item.job_id, ARRAY[item.department], false);
+            result := @extschema@.flex_sync_job(item.job_id, ARRAY[item.department], false);
             status := result -> 'summary' -> item.department ->> 'status';
             IF status = 'skipped' AND result -> 'summary' -> item.department ->> 'note' <> 'no crew call mapping' THEN
                 skipped := skipped + 1;

@@ -16,7 +16,7 @@ use crate::sync::{sync_job, SyncRequest};
 /// extension's owner, as the Edge Function's service role did; who may call it is decided by
 /// the EXECUTE grant and `flex_sync_private.authorize()`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, public, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn flex_sync_job(
     job_id: Option<pgrx::Uuid>,
     departments: default!(Option<Vec<Option<String>>>, "NULL"),
@@ -33,7 +33,7 @@ fn flex_sync_job(
 /// stored ones. Returns the effective settings with the token masked. Runs as its caller, whom
 /// only the owner's grant lets in.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, public, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn flex_sync_configure(
     base_url: String,
     api_token: default!(Option<String>, "NULL"),

@@ -75,33 +75,30 @@ pub fn authorize() -> Result<()> {
     Ok(Spi::run("SELECT flex_sync_private.authorize()")?)
 }
 
-/// The application tables exist and `flex_crew_assignments` has a unique constraint or unique
-/// index on exactly (crew_call_id, technician_id), whatever its name: ON CONFLICT needs it.
+/// The application tables exist and `flex_crew_assignments` has a unique index ON CONFLICT can
+/// use on exactly (crew_call_id, technician_id), whatever its name, and none that is deferrable
+/// (`flex_sync_private.pair_unique_index()`).
 pub fn check_application_schema() -> Result<()> {
     #[derive(Deserialize)]
     struct Check {
         missing: Option<String>,
-        unique: Option<bool>,
+        index: Option<String>,
+        deferrable: Option<bool>,
     }
     let check: Check = query_json(
         "SELECT jsonb_build_object(
              'missing', (SELECT 'public.' || t FROM unnest(ARRAY['jobs', 'profiles', 'job_assignments',
                              'flex_crew_calls', 'flex_crew_assignments']) t
                          WHERE to_regclass('public.' || t) IS NULL LIMIT 1),
-             'unique', (SELECT EXISTS (
-                 SELECT 1 FROM pg_index i
-                 WHERE i.indrelid = to_regclass('public.flex_crew_assignments')
-                   AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                        FROM pg_attribute a
-                        WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
-                       = ARRAY['crew_call_id', 'technician_id'])))",
+             'index', u.index_name, 'deferrable', u.is_deferrable)
+         FROM flex_sync_private.pair_unique_index() u",
         &[],
     )?;
     match check {
         Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
-        Check { unique: Some(true), .. } => Ok(()),
-        _ => Err(FlexSyncError::NoUniqueConstraint),
+        Check { index: None, .. } => Err(FlexSyncError::NoUniqueConstraint),
+        Check { index: Some(name), deferrable: Some(true), .. } => Err(FlexSyncError::DeferrableUniqueConstraint(name)),
+        Check { .. } => Ok(()),
     }
 }
 
@@ -286,10 +283,10 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
                       FROM public.flex_crew_assignments a WHERE a.crew_call_id = c.id),
              'known', (SELECT jsonb_agg(jsonb_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))
                        FROM flex_sync_private.lines l WHERE l.flex_element_id = c.flex_element_id),
-             'audited', (SELECT jsonb_agg(DISTINCT d.flex_line_item_id) FROM flex_dedupe_audit d
+             'audited', (SELECT jsonb_agg(DISTINCT d.flex_line_item_id) FROM public.flex_dedupe_audit d
                          WHERE d.crew_call_id = c.id AND d.flex_line_item_id IS NOT NULL),
              'roles', (SELECT jsonb_object_agg(b.tier, b.business_role_id)
-                       FROM flex_sync_business_roles b WHERE b.department = $2))
+                       FROM public.flex_sync_business_roles b WHERE b.department = $2))
          FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid AND lower(btrim(c.department)) = $2",
         &[job.into(), department.into()],
     )?;
@@ -418,7 +415,7 @@ pub struct LogEntry<'a> {
 pub fn insert_log(entry: LogEntry<'_>) -> Result<()> {
     let [added, removed, kept, roles_set, failed, flex_calls] = entry.counts;
     first_value_prepared::<bool>(
-        "INSERT INTO flex_sync_log (job_id, department, started_at, duration_ms, added, removed, kept,
+        "INSERT INTO public.flex_sync_log (job_id, department, started_at, duration_ms, added, removed, kept,
                                     roles_set, failed, flex_calls, status, errors, summary, triggered_by)
          VALUES ($1::uuid, $2, clock_timestamp() - make_interval(secs => $3 / 1000.0), $3, $4, $5, $6,
                  $7, $8, $9, $10, $11, $12, $13)

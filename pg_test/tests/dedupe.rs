@@ -198,6 +198,37 @@ fn an_existing_unique_index_under_any_name_is_detected() {
     assert_eq!(indexes, 2, "primary key and the app's index; no second unique index");
 }
 
+/// INCLUDE columns are fine; a deferrable constraint is found but refused by the sync with
+/// 42P16 and its fix in the hint, as ON CONFLICT cannot use it (nor any other index beside it).
+#[test]
+fn an_include_index_counts_and_a_deferrable_constraint_is_refused_by_name() {
+    let (_db, _sim, mut client) = rig("dedupe_index_kinds", json!({}));
+    let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
+    drop_constraint(&mut client);
+    client
+        .batch_execute(
+            "ALTER TABLE flex_crew_assignments ADD CONSTRAINT pair_deferred UNIQUE (crew_call_id, technician_id)
+                 DEFERRABLE INITIALLY DEFERRED",
+        )
+        .unwrap();
+    let err = client.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job.id]).unwrap_err();
+    let err = err.as_db_error().unwrap();
+    assert_eq!(err.code().code(), "42P16", "{err:?}");
+    assert!(err.message().contains("pair_deferred") && err.hint().unwrap().contains("DROP CONSTRAINT"), "{err:?}");
+    let report = dedupe(&mut client, false);
+    assert_eq!((report["constraint"].as_str(), report["constraint_name"].as_str()), (Some("existed"), Some("pair_deferred")));
+    client.batch_execute("ALTER TABLE flex_crew_assignments DROP CONSTRAINT pair_deferred").unwrap();
+
+    client
+        .batch_execute(
+            "CREATE UNIQUE INDEX pair_with_line ON flex_crew_assignments (crew_call_id, technician_id) INCLUDE (flex_line_item_id);",
+        )
+        .unwrap();
+    let report = dedupe(&mut client, false);
+    assert_eq!((report["constraint"].as_str(), report["constraint_name"].as_str()), (Some("existed"), Some("pair_with_line")));
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+}
+
 #[test]
 fn not_executable_by_public() {
     let db = TestDb::create("dedupe_grant");
@@ -303,7 +334,9 @@ fn row_level_security_applies_to_the_owner_by_construction() {
     client
         .batch_execute(
             "DO $$ BEGIN CREATE ROLE dedupe_owner NOSUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             ALTER FUNCTION flex_dedupe_assignments(boolean) OWNER TO dedupe_owner;",
+             ALTER FUNCTION flex_dedupe_assignments(boolean) OWNER TO dedupe_owner;
+             GRANT USAGE ON SCHEMA flex_sync_private TO dedupe_owner;
+             GRANT EXECUTE ON FUNCTION flex_sync_private.pair_unique_index() TO dedupe_owner;",
         )
         .unwrap();
     // An owner that may not read the table gets PostgreSQL's own refusal.

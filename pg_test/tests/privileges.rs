@@ -74,7 +74,11 @@ fn readme_list() -> Vec<String> {
 
 fn unintended(client: &mut Client) -> Vec<String> {
     client
-        .query("SELECT format('%s %s %s %s', kind, object, grantee, privilege) FROM flex_sync_private.unintended_grants()", &[])
+        .query(
+            "SELECT format('%s %s %s %s%s', kind, object, grantee, privilege, CASE WHEN option_only THEN ' (grant option)' ELSE '' END)
+             FROM flex_sync_private.unintended_grants()",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -107,17 +111,24 @@ fn the_check_names_a_grant_made_later_and_restrict_acls_removes_it() {
             "GRANT SELECT, UPDATE ON flex_sync_log TO anon;
              GRANT SELECT (api_token) ON flex_sync_private.api_token TO authenticated;
              GRANT USAGE ON SCHEMA flex_sync_private TO authenticated;
-             GRANT EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) TO PUBLIC;",
+             GRANT EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) TO PUBLIC;
+             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO authenticated WITH GRANT OPTION;
+             SET ROLE authenticated;
+             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO anon;
+             RESET ROLE;",
         )
         .unwrap();
     assert_eq!(
         unintended(&mut client),
         vec![
-            "FUNCTION public.flex_sync_pending(integer,integer,integer) PUBLIC EXECUTE",
+            "ROUTINE public.flex_sync_job(uuid,text[],boolean) authenticated EXECUTE (grant option)",
+            "ROUTINE public.flex_sync_pending(integer,integer,integer) PUBLIC EXECUTE",
             "SCHEMA flex_sync_private authenticated USAGE",
             "TABLE flex_sync_private.api_token authenticated SELECT (api_token)",
             "TABLE public.flex_sync_log anon SELECT",
             "TABLE public.flex_sync_log anon UPDATE",
+            // Passed on by authenticated with its grant option: listed last, gone with it.
+            "ROUTINE public.flex_sync_job(uuid,text[],boolean) anon EXECUTE",
         ]
     );
     client.batch_execute("SELECT flex_sync_private.restrict_acls()").unwrap();
@@ -144,14 +155,15 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // `public` is on no path: a role that may create objects there could otherwise put a better
+    // match for a call in front of pg_catalog's (the planted-aggregate test below).
     let path = "{\"search_path=pg_catalog, pg_temp\"}";
-    let path_public = "{\"search_path=pg_catalog, public, pg_temp\"}";
     assert_eq!(
         listed,
         vec![
-            format!("flex_dedupe_assignments(boolean) {path_public} "),
-            format!("flex_sync_job(uuid,text[],boolean) {path_public} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
-            format!("flex_sync_pending(integer,integer,integer) {path_public} "),
+            format!("flex_dedupe_assignments(boolean) {path} "),
+            format!("flex_sync_job(uuid,text[],boolean) {path} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
+            format!("flex_sync_pending(integer,integer,integer) {path} "),
             format!("flex_sync_private.on_assignment_change() {path} "),
             format!("flex_sync_private.on_crew_call_change() {path} "),
             format!("flex_sync_private.on_resource_change() {path} "),
@@ -365,4 +377,58 @@ fn the_token_can_live_in_vault_and_is_read_at_call_time() {
     client.execute("UPDATE vault.secrets SET secret = 'revoked'", &[]).unwrap();
     let refused = sync(&mut client, &job.id);
     assert!(refused["summary"]["sound"]["errors"].to_string().contains("flex_unauthorized"), "{refused}");
+}
+
+/// Where a role may create objects in `public` (databases upgraded from PostgreSQL 14, or a
+/// project that granted ALL on the schema), it plants an aggregate that matches the extension's
+/// calls more exactly than pg_catalog's polymorphic one. The SECURITY DEFINER functions never
+/// look in `public` by name, so a sync, a queue run and a dedupe never run it with the owner's
+/// rights.
+#[test]
+fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
+    let (db, mut client) = installed_under("hijack", DefaultPrivileges::LiveApp);
+    let sim = Sim::start();
+    configure(&mut client, &sim, json!({}));
+    let (job, _) = live_app_job(&mut client);
+    let admin: String = client.query_one("SELECT id::text FROM profiles WHERE role = 'admin'", &[]).unwrap().get(0);
+    let _ = client.batch_execute(
+        "DO $$ BEGIN CREATE ROLE planter NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+    );
+    client
+        .batch_execute(
+            "GRANT CREATE, USAGE ON SCHEMA public TO planter;
+             CREATE TABLE public.hijacks (run_as text);
+             GRANT INSERT ON public.hijacks TO PUBLIC;
+             SET ROLE planter;
+             CREATE FUNCTION public.record_hijack(state jsonb, value jsonb) RETURNS jsonb LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO public.hijacks VALUES (current_user); RETURN coalesce(state, '[]'); END $$;
+             CREATE AGGREGATE public.jsonb_agg(jsonb) (sfunc = public.record_hijack, stype = jsonb);
+             RESET ROLE;",
+        )
+        .unwrap();
+    // The plant works where public is looked in: a plain query as the planter runs it.
+    client.batch_execute("SET ROLE planter; SELECT jsonb_agg(x) FROM (SELECT '{}'::jsonb AS x) q; RESET ROLE;").unwrap();
+    let planted: i64 = client.query_one("SELECT count(*) FROM public.hijacks", &[]).unwrap().get(0);
+    assert_eq!(planted, 1, "the planted aggregate is found by a caller whose path has public");
+    client.batch_execute("DELETE FROM public.hijacks").unwrap();
+
+    let text = postgrest(&mut client, "authenticated", &json!({"role": "authenticated", "sub": admin}), None,
+                         &format!("SELECT flex_sync_job('{job}'::uuid)::text"))
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    client
+        .batch_execute(
+            "SELECT flex_sync_enable_queue();
+             UPDATE job_assignments SET sound_role = 'SND-MON-E' WHERE sound_role IS NULL;
+             SELECT flex_sync_pending();
+             SELECT flex_dedupe_assignments(true);
+             SELECT flex_dedupe_assignments();",
+        )
+        .unwrap();
+    let hijacked: Vec<String> =
+        client.query("SELECT run_as FROM public.hijacks", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(hijacked, Vec::<String>::new(), "the planted aggregate ran inside the extension");
+    drop(db);
 }
