@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Released install scripts are never edited. Every release recorded in sql/releases (a version
 # and the commit it was cut from, one per line) is rebuilt from that commit with `cargo pgrx
-# schema`; the current version's must equal the installed script byte for byte, and older ones
-# are installed next to it so that the upgrade test can start from them.
+# schema`; the current version's must equal the installed script but for comments and blank
+# lines (pgrx writes source file and line numbers into its comments), and older ones are
+# installed next to it so that the upgrade test can start from them. A release cut with an older
+# pgrx may not build with the current cargo-pgrx: rebuild it with the cargo-pgrx of its time.
 #   released.sh PG_CONFIG
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +13,10 @@ extdir="$("$pg_config" --sharedir)/extension"
 current=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$root/Cargo.toml" | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# A script without its comment lines, /* */ comments, trailing blanks and blank lines.
+statements() {
+    sed -E -e 's#/\*[^*]*\*/##g' -e '/^[[:space:]]*--/d' -e 's/[[:space:]]+$//' -e '/^$/d' "$1"
+}
 status=0
 while read -r version commit; do
     case "$version" in ''|'#'*) continue ;; esac
@@ -21,11 +27,13 @@ while read -r version commit; do
     (cd "$work/$version" && CARGO_TARGET_DIR="$root/target/released" cargo pgrx schema pg15 --pg-config "$pg_config" \
         --out "$work/flex_sync--$version.sql" >"$work/$version.log" 2>&1) || { cat "$work/$version.log" >&2; exit 1; }
     if [ "$version" = "$current" ]; then
-        if cmp -s "$work/flex_sync--$version.sql" "$extdir/flex_sync--$version.sql"; then
+        statements "$work/flex_sync--$version.sql" >"$work/released.sql"
+        statements "$extdir/flex_sync--$version.sql" >"$work/installed.sql"
+        if cmp -s "$work/released.sql" "$work/installed.sql"; then
             echo "release $version ($commit): the install script is unchanged"
         else
             echo "release $version ($commit): the install script was edited after its release; bump the version and add sql/flex_sync--$version--<next>.sql" >&2
-            diff "$work/flex_sync--$version.sql" "$extdir/flex_sync--$version.sql" | head -40 >&2 || true
+            diff "$work/released.sql" "$work/installed.sql" | head -40 >&2 || true
             status=1
         fi
     else

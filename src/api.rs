@@ -1,7 +1,7 @@
 //! The SQL entry points. Each is a thin wrapper: convert arguments, call one function, raise its
 //! error with a SQLSTATE.
 
-use flex_sync_core::settings::{FlexOrigin, Options};
+use flex_sync_core::settings::{FlexOrigin, Options, SettingsError};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -29,8 +29,8 @@ fn flex_sync_job(
     JsonB(sync_job(request, &check_interrupts).or_raise("flex_sync_job"))
 }
 
-/// Stores the Flex endpoint, the token (NULL keeps the stored one) and options merged over the
-/// stored ones. Returns the effective settings with the token masked. Runs as its caller, whom
+/// Stores the Flex endpoint, the token (NULL keeps the stored one; options naming a Vault secret
+/// remove it) and options merged over the stored ones. Returns the effective settings with the token masked. Runs as its caller, whom
 /// only the owner's grant lets in.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
@@ -46,7 +46,14 @@ fn configure(base_url: &str, api_token: Option<&str>, changes: &Value) -> Result
     let options = Options::default().merged(&store::stored_options()?)?.merged(changes)?;
     let origin = FlexOrigin::parse(base_url, options.allow_insecure_loopback)?;
     let token = api_token.map(str::trim).filter(|t| !t.is_empty());
+    if token.is_some() && options.api_token_vault_secret.is_some() {
+        return Err(SettingsError::TokenAndVaultSecret.into());
+    }
     store::save_settings(&origin.root(), token, &options.to_json())?;
+    // With the token in Vault, a token stored before is never read again: it goes.
+    if options.api_token_vault_secret.is_some() {
+        store::forget_token()?;
+    }
     Ok(json!({
         "base_url": origin.root(),
         "api_token": if store::token_is_set()? { json!("********") } else { Value::Null },

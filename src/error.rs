@@ -62,6 +62,10 @@ impl FlexSyncError {
                  max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, \
                  api_token_vault_secret, allow_insecure_loopback",
             ),
+            FlexSyncError::Settings(SettingsError::TokenAndVaultSecret) => Some(
+                "pass NULL as api_token to read the token from Vault, or set the option api_token_vault_secret \
+                 to null to store the token given",
+            ),
             FlexSyncError::Settings(SettingsError::BadUrl { .. }) => {
                 Some("use https://<tenant>.flexrentalsolutions.com/f5/api")
             }

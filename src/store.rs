@@ -164,6 +164,10 @@ pub fn save_settings(base_url: &str, api_token: Option<&str>, options: &Value) -
     Ok(())
 }
 
+pub fn forget_token() -> Result<()> {
+    execute("DELETE FROM flex_sync_private.api_token", &[])
+}
+
 pub fn stored_options() -> Result<Value> {
     let found: Option<Value> = query_json("SELECT options FROM flex_sync_private.settings", &[])?;
     Ok(found.unwrap_or_else(|| Value::Object(Default::default())))

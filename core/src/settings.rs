@@ -55,6 +55,8 @@ pub enum SettingsError {
     BadValue { key: String, expected: String },
     #[error("base_url {url:?} is not usable: {why}")]
     BadUrl { url: String, why: &'static str },
+    #[error("a token was given and the option api_token_vault_secret names a Vault secret: use one or the other")]
+    TokenAndVaultSecret,
 }
 
 /// Every integer option: its key, its range and its field. Parsing, the error text and

@@ -323,9 +323,11 @@ pub fn assert_converged(client: &mut Client, sim: &Sim, job: &Job) {
 pub fn supabase_platform(client: &mut Client) {
     for role in ["anon", "authenticated", "service_role"] {
         // Roles are cluster-wide and tests run in parallel: another test may create it first.
-        let _ = client.batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-        ));
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+            ))
+            .unwrap();
     }
     client
         .batch_execute(

@@ -244,17 +244,21 @@ fn not_executable_by_public() {
 fn a_dedupe_among_concurrent_syncs_never_deadlocks_and_leaves_no_duplicates() {
     let (db, sim, job, mut client, _) = racy_job("dedupe_concurrent");
     // The syncs refuse a table without the constraint; one dedupe restores it while they retry.
-    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (first_call_done, first_calls) = std::sync::mpsc::channel::<()>();
     let syncs: Vec<_> = (0..6)
         .map(|_| {
-            let (attempts, conninfo, job_id) = (attempts.clone(), db.conninfo.clone(), job.id.clone());
+            let (first_call_done, conninfo, job_id) = (first_call_done.clone(), db.conninfo.clone(), job.id.clone());
             std::thread::spawn(move || {
                 let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
                 let mut ok = 0;
+                let mut calls = 0;
                 let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
                 while ok < 3 && std::time::Instant::now() < end {
                     let outcome = c.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job_id]);
-                    attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    calls += 1;
+                    if calls == 1 {
+                        let _ = first_call_done.send(());
+                    }
                     match outcome {
                         Ok(_) => ok += 1,
                         Err(e) => {
@@ -267,12 +271,10 @@ fn a_dedupe_among_concurrent_syncs_never_deadlocks_and_leaves_no_duplicates() {
             })
         })
         .collect();
-    // The dedupe starts once the syncs are running against the table (each has been refused or
-    // has finished a call), not after a guessed pause.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while attempts.load(std::sync::atomic::Ordering::SeqCst) < 6 {
-        assert!(std::time::Instant::now() < deadline, "the syncs never got going");
-        std::thread::yield_now();
+    // The dedupe starts once every sync has made its first call (refused or done) and goes on
+    // calling, not after a guessed pause.
+    for _ in 0..6 {
+        first_calls.recv_timeout(std::time::Duration::from_secs(20)).expect("every sync gets going");
     }
     let report = dedupe(&mut client, false);
     assert_eq!(report["rows_removed"], 3, "{report}");

@@ -360,11 +360,15 @@ fn the_token_can_live_in_vault_and_is_read_at_call_time() {
         )
         .unwrap();
     client.execute("INSERT INTO vault.secrets VALUES ('flex_key', $1)", &[&SIM_TOKEN]).unwrap();
+    // A token stored first, then the move to Vault: the stored token goes.
+    configure(&mut client, &sim, json!({}));
+    let vault = json!({"api_token_vault_secret": "flex_key"}).to_string();
+    let both = client
+        .execute("SELECT flex_sync_configure($1, 'another-token', $2::text::jsonb)", &[&sim.server.base_url(), &vault])
+        .unwrap_err();
+    assert_eq!(both.as_db_error().unwrap().code().code(), "22023", "a token and a Vault secret are refused: {both}");
     client
-        .execute(
-            "SELECT flex_sync_configure($1, NULL, $2::text::jsonb)",
-            &[&sim.server.base_url(), &json!({"allow_insecure_loopback": true, "api_token_vault_secret": "flex_key"}).to_string()],
-        )
+        .execute("SELECT flex_sync_configure($1, NULL, $2::text::jsonb)", &[&sim.server.base_url(), &vault])
         .unwrap();
     let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
     assert_eq!(sync(&mut client, &job.id)["ok"], true, "the sync used the Vault secret");
@@ -391,9 +395,11 @@ fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
     configure(&mut client, &sim, json!({}));
     let (job, _) = live_app_job(&mut client);
     let admin: String = client.query_one("SELECT id::text FROM profiles WHERE role = 'admin'", &[]).unwrap().get(0);
-    let _ = client.batch_execute(
-        "DO $$ BEGIN CREATE ROLE planter NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
-    );
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE planter NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .unwrap();
     client
         .batch_execute(
             "GRANT CREATE, USAGE ON SCHEMA public TO planter;

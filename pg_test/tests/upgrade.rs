@@ -11,7 +11,8 @@ use flex_sync_pg_test::harness::*;
 use postgres::Client;
 
 /// Every object of the extension, as the catalogs describe it: functions with their bodies,
-/// settings and grants, views, tables with their columns, indexes and grants, schemas. ACLs are
+/// settings and grants, views, tables with their columns, indexes, constraints and grants (column
+/// grants too), schemas, and the tables marked for pg_dump. ACLs are
 /// compared by what they grant: a NULL ACL as its default, entries sorted.
 fn fingerprint(client: &mut Client) -> Vec<String> {
     client
@@ -38,11 +39,20 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
                                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
                     || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
                                  FROM pg_index i WHERE i.indrelid = c.oid), '')
+                    || coalesce((SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), '; ' ORDER BY 1)
+                                 FROM pg_constraint k WHERE k.conrelid = c.oid), '')
+                    || coalesce((SELECT string_agg(a.attname || ' ' || a.attacl::text, '; ' ORDER BY 1)
+                                 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL), '')
                     || pg_temp.acl(c.relacl, CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner)
              FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
              UNION ALL
              SELECT 'schema ' || n.nspname || ' ' || pg_temp.acl(n.nspacl, 'n', n.nspowner)
              FROM members m JOIN pg_namespace n ON n.oid = m.objid WHERE m.classid = 'pg_namespace'::regclass
+             UNION ALL
+             -- Which tables pg_dump dumps, and with which filter.
+             SELECT 'dumped ' || t.config::regclass::text || ' ' || t.condition
+             FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS t(config, condition)
+             WHERE e.extname = 'flex_sync'
              ORDER BY 1",
             &[],
         )
@@ -55,7 +65,24 @@ fn extension_dir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
 }
 
-/// An update script as every release's must end: the ACLs restricted again.
+/// An update script that recreates a view and a function, as releases do, so the default
+/// privileges in force apply to them, and ends as every update script must: the ACLs restricted
+/// again.
+const NEXT_VERSION_SCRIPT: &str = "
+DO $$
+DECLARE
+    view_sql text := pg_get_viewdef('@extschema@.flex_sync_dead_items'::regclass);
+    function_sql text := pg_get_functiondef('@extschema@.flex_sync_requeue(uuid)'::regprocedure);
+BEGIN
+    DROP VIEW @extschema@.flex_sync_dead_items;
+    EXECUTE 'CREATE VIEW @extschema@.flex_sync_dead_items AS ' || view_sql;
+    DROP FUNCTION @extschema@.flex_sync_requeue(uuid);
+    EXECUTE function_sql;
+END
+$$;
+SELECT flex_sync_private.restrict_acls();
+";
+
 struct NextVersion {
     script: PathBuf,
     version: String,
@@ -65,7 +92,7 @@ impl NextVersion {
     fn install(current: &str) -> NextVersion {
         let version = format!("{current}-acl-test");
         let script = extension_dir().join(format!("flex_sync--{current}--{version}.sql"));
-        std::fs::write(&script, "SELECT flex_sync_private.restrict_acls();\n").expect("write the update script");
+        std::fs::write(&script, NEXT_VERSION_SCRIPT).expect("write the update script");
         NextVersion { script, version }
     }
 }
@@ -141,7 +168,7 @@ fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() 
         assert_same_objects_and_data(&mut client, &expected, version);
     }
 
-    // The current version, updated by a script that is only the ending every update script has.
+    // The current version, updated by a script that recreates objects under the defaults.
     let db = TestDb::empty("upgrade_defaults");
     let mut client = db.connect();
     supabase_platform(&mut client);
