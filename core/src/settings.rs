@@ -192,7 +192,8 @@ impl FlexOrigin {
     /// True for names and literal addresses that are not public; other names are checked when
     /// they are resolved, by [`check_resolved`].
     fn is_refused_host(&self) -> bool {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        // A trailing dot names the same host ("localhost." is localhost).
+        let host = self.host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
         if host == "localhost" || host.ends_with(".localhost") {
             return true;
         }
@@ -337,6 +338,8 @@ mod tests {
             "http://tenant.flexrentalsolutions.com/f5/api",
             "https://127.0.0.1/f5/api",
             "https://localhost:8443/f5/api",
+            "https://localhost./f5/api",
+            "https://api.localhost./f5/api",
             "https://10.1.2.3/f5/api",
             "https://169.254.169.254/latest",
             "https://[::1]/f5/api",

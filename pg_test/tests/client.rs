@@ -233,6 +233,41 @@ fn plain_http_and_local_hosts_are_refused_without_the_loopback_switch() {
     assert!(err.as_db_error().unwrap().message().contains("loopback"), "{err}");
 }
 
+/// The check happens where the connection is made: a name (this machine's own, which resolves
+/// to a loopback or private address) passes configure, and the sync's resolver refuses the
+/// address it resolved to, before connecting; with the loopback switch the same name reaches
+/// the simulator, so the name does resolve.
+#[test]
+fn a_name_resolving_to_this_machine_is_refused_where_the_connection_is_made() {
+    use std::net::ToSocketAddrs;
+    let (_db, sim, job, mut client) = setup("resolved_local", json!({}));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let port = sim.server.addr.port();
+    let resolved: Vec<_> = (host.as_str(), port).to_socket_addrs().unwrap().collect();
+    assert!(
+        resolved.iter().all(|a| flex_sync_core::settings::is_refused_address(a.ip())),
+        "precondition: this machine's name {host} resolves to non-public addresses: {resolved:?}"
+    );
+    client
+        .execute(
+            "SELECT flex_sync_configure($1, NULL, '{\"allow_insecure_loopback\": false}')",
+            &[&format!("https://{host}:{port}/f5/api")],
+        )
+        .unwrap();
+    sim.reset_calls();
+    let refused = sync(&mut client, &job.id);
+    assert!(refused["summary"]["sound"]["errors"].to_string().contains("flex_destination_refused"), "{refused}");
+    assert_eq!(sim.total_calls(), 0, "nothing reached the simulator");
+    client
+        .execute(
+            "SELECT flex_sync_configure($1, NULL, '{\"allow_insecure_loopback\": true}')",
+            &[&format!("http://{host}:{port}/f5/api")],
+        )
+        .unwrap();
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+    assert!(sim.total_calls() > 0);
+}
+
 #[test]
 fn the_token_never_leaks_into_errors_logs_or_activity() {
     let (db, sim, job, mut client) = setup("token", json!({}));
