@@ -21,6 +21,8 @@ pub enum FlexSyncError {
     NotConfigured,
     #[error("no Flex API token is configured")]
     NoToken,
+    #[error("the Vault secret {0:?} named by the option api_token_vault_secret was not found")]
+    VaultSecretMissing(String),
     #[error("flex_sync_job cannot run in a {0} transaction")]
     IsolationLevel(String),
     #[error("table {0} is missing; the application schema is not installed")]
@@ -44,7 +46,9 @@ impl FlexSyncError {
             FlexSyncError::UnknownJob(_) | FlexSyncError::Departments(_) | FlexSyncError::Settings(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            FlexSyncError::NotConfigured | FlexSyncError::NoToken => ERRCODE_CONFIG_FILE_ERROR,
+            FlexSyncError::NotConfigured | FlexSyncError::NoToken | FlexSyncError::VaultSecretMissing(_) => {
+                ERRCODE_CONFIG_FILE_ERROR
+            }
             FlexSyncError::IsolationLevel(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             FlexSyncError::MissingTable(_) => ERRCODE_UNDEFINED_TABLE,
             FlexSyncError::NoUniqueConstraint | FlexSyncError::DeferrableUniqueConstraint(_) => ERRCODE_INVALID_TABLE_DEFINITION,
@@ -73,6 +77,10 @@ impl FlexSyncError {
             FlexSyncError::NoToken => Some(
                 "store a Supabase Vault secret and name it in the option api_token_vault_secret, or pass api_token to \
                  flex_sync_configure (a restored dump holds no token: configure it again)",
+            ),
+            FlexSyncError::VaultSecretMissing(_) => Some(
+                "create it (SELECT vault.create_secret($1, '<name>') with the key bound to $1), or name the secret \
+                 that holds the key; vault.decrypted_secrets must exist (Supabase Vault)",
             ),
             FlexSyncError::IsolationLevel(_) => Some(
                 "the sync takes a lock and must read what committed after it; call it in READ COMMITTED, \

@@ -69,7 +69,10 @@ fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
     let settings = store::load_settings()?.ok_or(FlexSyncError::NotConfigured)?;
     let options = Options::default().merged(&settings.options)?;
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
-    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or(FlexSyncError::NoToken)?;
+    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
+        Some(secret) => FlexSyncError::VaultSecretMissing(secret.clone()),
+        None => FlexSyncError::NoToken,
+    })?;
     let mut budget = Duration::from_millis(options.sync_deadline_ms);
     if let Some(left) = context.time_left_ms {
         budget = budget.min(Duration::from_millis(left.max(0) as u64).saturating_sub(WRITE_MARGIN));

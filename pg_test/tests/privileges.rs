@@ -381,6 +381,14 @@ fn the_token_can_live_in_vault_and_is_read_at_call_time() {
     client.execute("UPDATE vault.secrets SET secret = 'revoked'", &[]).unwrap();
     let refused = sync(&mut client, &job.id);
     assert!(refused["summary"]["sound"]["errors"].to_string().contains("flex_unauthorized"), "{refused}");
+    // A secret that is not there is named in the error, before any Flex call.
+    client.execute("DELETE FROM vault.secrets", &[]).unwrap();
+    sim.reset_calls();
+    let err = client.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job.id]).unwrap_err();
+    let err = err.as_db_error().unwrap();
+    assert_eq!(err.code().code(), "F0000", "{err:?}");
+    assert!(err.message().contains("\"flex_key\""), "{err:?}");
+    assert_eq!(sim.total_calls(), 0);
 }
 
 /// Where a role may create objects in `public` (databases upgraded from PostgreSQL 14, or a
