@@ -178,10 +178,10 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
 #[test]
 fn anon_and_a_technician_are_refused_every_dangerous_call_through_postgrest() {
     for regime in [DefaultPrivileges::SupabasePlatform, DefaultPrivileges::LiveApp] {
-        let (db, mut client) = installed_under(&format!("acl_rpc_{regime:?}").to_lowercase(), regime);
-        let sim = Sim::start();
-        configure(&mut client, &sim, json!({}));
-        let (job, technician) = live_app_job(&mut client);
+        let mut rig = job_rig(&format!("acl_rpc_{regime:?}").to_lowercase(), regime);
+        let (job, technician) = (rig.job.clone(), rig.technician.clone());
+        let JobRig { client, sim, .. } = &mut rig;
+        let client: &mut Client = client;
         let before = client.query_one("SELECT flex_sync_settings::text FROM flex_sync_settings", &[]).unwrap().get::<_, String>(0);
         let attempts = [
             format!("SELECT flex_sync_job('{job}'::uuid)::text"),
@@ -206,7 +206,7 @@ fn anon_and_a_technician_are_refused_every_dangerous_call_through_postgrest() {
         ];
         for (role, claims) in [("anon", json!({"role": "anon"})), ("authenticated", json!({"role": "authenticated", "sub": technician}))] {
             for sql in &attempts {
-                let outcome = postgrest(&mut client, role, &claims, None, sql);
+                let outcome = postgrest(client, role, &claims, None, sql);
                 assert_eq!(outcome, Err("42501".to_string()), "{regime:?} {role}: {sql}");
             }
         }
@@ -218,14 +218,44 @@ fn anon_and_a_technician_are_refused_every_dangerous_call_through_postgrest() {
             .unwrap()
             .get(0);
         assert_eq!(touched, 0, "{regime:?}");
-        drop(db);
     }
 }
 
+/// A database installed under the regime, configured to a simulator, with one job of
+/// `live_app_job`.
+struct JobRig {
+    sim: Sim,
+    client: Client,
+    job: String,
+    /// Profile ids of a technician who is not on the crew and of an admin.
+    technician: String,
+    admin: String,
+}
+
+fn job_rig(test: &str, regime: DefaultPrivileges) -> JobRig {
+    let (_db, mut client) = installed_under(test, regime);
+    let sim = Sim::start();
+    configure(&mut client, &sim, json!({}));
+    let job = live_app_job(&mut client);
+    let mut profile = |sql: &str| -> String { client.query_one(sql, &[]).unwrap().get(0) };
+    let technician = profile("SELECT id::text FROM profiles WHERE role = 'technician' AND flex_resource_id IS NULL");
+    let admin = profile("SELECT id::text FROM profiles WHERE role = 'admin'");
+    JobRig { sim, client, job, technician, admin }
+}
+
+/// `flex_sync_job(job)` as a signed-in user through PostgREST.
+fn sync_as(rig: &mut JobRig, user: &str) -> serde_json::Value {
+    let claims = json!({"role": "authenticated", "sub": user});
+    let text = postgrest(&mut rig.client, "authenticated", &claims, Some("8s"), &format!("SELECT flex_sync_job('{}'::uuid)::text", rig.job))
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// A job in the live app's tables (or the reference schema's, which accept the same rows): an
-/// admin, a technician, three sound technicians with enum statuses, one declined. Returns the
-/// job id and the technician's profile id.
-fn live_app_job(client: &mut Client) -> (String, String) {
+/// admin, a technician who is not on the crew (no Flex resource), three sound technicians with
+/// enum statuses, one declined.
+fn live_app_job(client: &mut Client) -> String {
     let live: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'jobs' AND column_name = 'end_time')",
@@ -276,11 +306,7 @@ fn live_app_job(client: &mut Client) -> (String, String) {
             &[&job],
         )
         .unwrap();
-    let technician: String = client
-        .query_one("SELECT id::text FROM profiles WHERE role = 'technician' AND flex_resource_id IS NULL", &[])
-        .unwrap()
-        .get(0);
-    (job, technician)
+    job
 }
 
 /// The live app's own tables (enum `assignment_status` and `user_role`, RLS enabled, its
@@ -288,20 +314,14 @@ fn live_app_job(client: &mut Client) -> (String, String) {
 /// technician stays out, and the sync converges.
 #[test]
 fn the_live_app_schema_syncs_end_to_end_through_postgrest() {
-    let (db, mut client) = installed_under("live_app", DefaultPrivileges::LiveApp);
-    let sim = Sim::start();
-    configure(&mut client, &sim, json!({}));
-    let (job, _) = live_app_job(&mut client);
-    let admin: String = client.query_one("SELECT id::text FROM profiles WHERE role = 'admin'", &[]).unwrap().get(0);
-    let text = postgrest(&mut client, "authenticated", &json!({"role": "authenticated", "sub": admin}), Some("8s"),
-                         &format!("SELECT flex_sync_job('{job}'::uuid)::text"))
-        .unwrap()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut rig = job_rig("live_app", DefaultPrivileges::LiveApp);
+    let admin = rig.admin.clone();
+    let result = sync_as(&mut rig, &admin);
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["summary"]["sound"]["added"], 2, "two desired, the declined one left out: {result}");
+    let JobRig { client, sim, job, .. } = &mut rig;
     let element: String = client
-        .query_one("SELECT flex_element_id::text FROM flex_crew_calls WHERE job_id = $1::text::uuid", &[&job])
+        .query_one("SELECT flex_element_id::text FROM flex_crew_calls WHERE job_id = $1::text::uuid", &[&*job])
         .unwrap()
         .get(0);
     let mut resources: Vec<String> = sim.contacts(&element).into_iter().map(|(_, r, _)| r).collect();
@@ -312,10 +332,9 @@ fn the_live_app_schema_syncs_end_to_end_through_postgrest() {
     let rows: i64 = client.query_one("SELECT count(*) FROM flex_crew_assignments", &[]).unwrap().get(0);
     assert_eq!(rows, 2);
     sim.reset_calls();
-    let again = sync(&mut client, &job);
+    let again = sync(client, job);
     assert_eq!(again["ok"], true, "{again}");
     assert_eq!(sim.total_calls(), 1, "I3: a second sync only lists");
-    drop(db);
 }
 
 fn pg_dump(conninfo: &str, extra: &[&str]) -> String {
@@ -398,11 +417,9 @@ fn the_token_can_live_in_vault_and_is_read_at_call_time() {
 /// rights.
 #[test]
 fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
-    let (db, mut client) = installed_under("hijack", DefaultPrivileges::LiveApp);
-    let sim = Sim::start();
-    configure(&mut client, &sim, json!({}));
-    let (job, _) = live_app_job(&mut client);
-    let admin: String = client.query_one("SELECT id::text FROM profiles WHERE role = 'admin'", &[]).unwrap().get(0);
+    let mut rig = job_rig("hijack", DefaultPrivileges::LiveApp);
+    let admin = rig.admin.clone();
+    let client = &mut rig.client;
     client
         .batch_execute(
             "DO $$ BEGIN CREATE ROLE planter NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
@@ -426,12 +443,9 @@ fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
     assert_eq!(planted, 1, "the planted aggregate is found by a caller whose path has public");
     client.batch_execute("DELETE FROM public.hijacks").unwrap();
 
-    let text = postgrest(&mut client, "authenticated", &json!({"role": "authenticated", "sub": admin}), None,
-                         &format!("SELECT flex_sync_job('{job}'::uuid)::text"))
-        .unwrap()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let result = sync_as(&mut rig, &admin);
     assert_eq!(result["ok"], true, "{result}");
+    let client = &mut rig.client;
     client
         .batch_execute(
             "SELECT flex_sync_enable_queue();
@@ -444,5 +458,4 @@ fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
     let hijacked: Vec<String> =
         client.query("SELECT run_as FROM public.hijacks", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(hijacked, Vec::<String>::new(), "the planted aggregate ran inside the extension");
-    drop(db);
 }
