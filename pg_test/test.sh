@@ -35,7 +35,7 @@ step released bash pg_test/released.sh "$pg_config"
 cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }
 trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT
-FLEX_SYNC_PG="$conninfo" FLEX_SYNC_PG_LOG="$cluster/server.log" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
+FLEX_SYNC_PG="$conninfo" FLEX_SYNC_PG_LOG="$cluster/server.log" FLEX_SYNC_PG_CONFIG="$pg_config" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
 # Isolation specs: pg_regress prints "All N tests passed." or "M of N tests failed."
 step isolation bash pg_test/isolation.sh "$conninfo"
 iso_passed=$(grep -hoE "All [0-9]+ tests passed" "$logs/isolation.log" | grep -oE "[0-9]+" || echo 0)

@@ -398,3 +398,11 @@ pub fn postgrest(client: &mut Client, role: &str, claims: &Value, statement_time
         Err(e) => Err(e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string())),
     }
 }
+
+/// What the server's `pg_config` says (`--bindir`, `--sharedir`, ...): the one the test command
+/// installed into, `FLEX_SYNC_PG_CONFIG`, else PostgreSQL 15's.
+pub fn pg_config(what: &str) -> std::path::PathBuf {
+    let pg_config = std::env::var("FLEX_SYNC_PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = std::process::Command::new(&pg_config).arg(what).output().expect("run pg_config");
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

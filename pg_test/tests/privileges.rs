@@ -338,7 +338,7 @@ fn the_live_app_schema_syncs_end_to_end_through_postgrest() {
 }
 
 fn pg_dump(conninfo: &str, extra: &[&str]) -> String {
-    let out = Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+    let out = Command::new(pg_config("--bindir").join("pg_dump"))
         .arg("--dbname")
         .arg(conninfo)
         .args(extra)

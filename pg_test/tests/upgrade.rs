@@ -5,7 +5,6 @@
 //! whose grants leaked, leaves exactly the objects, ACLs and data of a fresh install.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use flex_sync_pg_test::harness::*;
 use postgres::Client;
@@ -61,8 +60,7 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
 }
 
 fn extension_dir() -> PathBuf {
-    let out = Command::new("/usr/lib/postgresql/15/bin/pg_config").arg("--sharedir").output().unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
+    pg_config("--sharedir").join("extension")
 }
 
 /// An update script that recreates a view and a function, as releases do, so the default
