@@ -2,7 +2,8 @@
 # Released install scripts are never edited. Every release recorded in sql/releases (a version
 # and the commit it was cut from, one per line) is rebuilt from that commit with `cargo pgrx
 # schema`; the current version's must equal the installed script but for comments and blank
-# lines (pgrx writes source file and line numbers into its comments), and older ones are
+# lines (pgrx writes source file and line numbers into its comments; comment lines inside
+# function bodies are left out too, so editing one goes unnoticed), and older ones are
 # installed next to it so that the upgrade test can start from them. A release cut with an older
 # pgrx may not build with the current cargo-pgrx: rebuild it with the cargo-pgrx of its time.
 #   released.sh PG_CONFIG

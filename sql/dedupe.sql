@@ -45,6 +45,7 @@ DECLARE
     batch            uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
     kind             "char";
     existing         text;
+    deferrable_index boolean;
     groups           bigint;
     doomed_count     bigint;
     removed          bigint;
@@ -77,7 +78,22 @@ BEGIN
         LOCK TABLE public.flex_crew_assignments IN SHARE ROW EXCLUSIVE MODE;
     END IF;
 
-    SELECT u.index_name INTO existing FROM flex_sync_private.pair_unique_index() u;
+    SELECT u.index_name, u.is_deferrable INTO existing, deferrable_index FROM flex_sync_private.pair_unique_index() u;
+    -- Refused before a row is touched: a deferrable constraint keeps every sync from running
+    -- whatever index is added beside it, and an index left behind under the name the dedupe
+    -- gives its own (a failed CREATE INDEX CONCURRENTLY leaves it invalid) would stop the build.
+    IF deferrable_index THEN
+        RAISE EXCEPTION 'the unique constraint % on flex_crew_assignments (crew_call_id, technician_id) is deferrable', existing
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE '
+                         'flex_crew_assignments DROP CONSTRAINT <name>, ADD UNIQUE (crew_call_id, technician_id)';
+    END IF;
+    IF existing IS NULL AND to_regclass('public.flex_crew_assignments_crew_call_id_technician_id_key') IS NOT NULL THEN
+        RAISE EXCEPTION 'public.flex_crew_assignments_crew_call_id_technician_id_key exists but is not a valid unique index on (crew_call_id, technician_id)'
+            USING ERRCODE = 'duplicate_table',
+                  HINT = 'an invalid index is what a failed CREATE UNIQUE INDEX CONCURRENTLY leaves: DROP INDEX '
+                         'public.flex_crew_assignments_crew_call_id_technician_id_key, then run the dedupe again';
+    END IF;
 
     -- One statement text for the dry run and the real one: the real run adds the delete and its
     -- audit copy (the %s), so both report what the same planning found, and the dry run stays a

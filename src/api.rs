@@ -30,9 +30,10 @@ fn flex_sync_job(
 }
 
 /// Stores the Flex endpoint, the token (NULL keeps the stored one; options naming a Vault secret
-/// remove it) and options merged over the stored ones. Returns the effective settings with the token masked. Runs as its caller, whom
-/// only the owner's grant lets in.
-#[pg_extern(volatile, parallel_unsafe)]
+/// remove it) and options merged over the stored ones. Returns the effective settings with the
+/// token masked. SECURITY DEFINER, so a role the owner grants EXECUTE needs nothing of the
+/// private schema; by default only the owner may call it.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn flex_sync_configure(
     base_url: String,

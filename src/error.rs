@@ -21,7 +21,7 @@ pub enum FlexSyncError {
     NotConfigured,
     #[error("no Flex API token is configured")]
     NoToken,
-    #[error("the Vault secret {0:?} named by the option api_token_vault_secret was not found")]
+    #[error("the Vault secret {0:?} named by the option api_token_vault_secret was not found or is empty")]
     VaultSecretMissing(String),
     #[error("flex_sync_job cannot run in a {0} transaction")]
     IsolationLevel(String),
@@ -80,7 +80,8 @@ impl FlexSyncError {
             ),
             FlexSyncError::VaultSecretMissing(_) => Some(
                 "create it (SELECT vault.create_secret($1, '<name>') with the key bound to $1), or name the secret \
-                 that holds the key; vault.decrypted_secrets must exist (Supabase Vault)",
+                 that holds the key; a secret restored under another project's root key decrypts to nothing: \
+                 create it again",
             ),
             FlexSyncError::IsolationLevel(_) => Some(
                 "the sync takes a lock and must read what committed after it; call it in READ COMMITTED, \

@@ -56,7 +56,12 @@ pub struct Sim {
 
 impl Sim {
     pub fn start() -> Sim {
-        let server = spawn("127.0.0.1:0", SIM_TOKEN).expect("start the simulator");
+        Sim::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A simulator listening on another local address, for names that resolve to it.
+    pub fn start_on(ip: std::net::IpAddr) -> Sim {
+        let server = spawn(&std::net::SocketAddr::new(ip, 0).to_string(), SIM_TOKEN).expect("start the simulator");
         Sim { server, agent: ureq::Agent::new_with_defaults() }
     }
 

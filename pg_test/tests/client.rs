@@ -240,14 +240,19 @@ fn plain_http_and_local_hosts_are_refused_without_the_loopback_switch() {
 #[test]
 fn a_name_resolving_to_this_machine_is_refused_where_the_connection_is_made() {
     use std::net::ToSocketAddrs;
-    let (_db, sim, job, mut client) = setup("resolved_local", json!({}));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    let port = sim.server.addr.port();
-    let resolved: Vec<_> = (host.as_str(), port).to_socket_addrs().unwrap().collect();
+    let resolved: Vec<_> = (host.as_str(), 0).to_socket_addrs().expect("this machine's name resolves").collect();
     assert!(
         resolved.iter().all(|a| flex_sync_core::settings::is_refused_address(a.ip())),
         "precondition: this machine's name {host} resolves to non-public addresses: {resolved:?}"
     );
+    // The simulator listens where the name points (127.0.0.1, 127.0.1.1, a container's address).
+    let sim = Sim::start_on(resolved[0].ip());
+    let db = TestDb::create("resolved_local");
+    let mut client = db.connect();
+    configure(&mut client, &sim, json!({}));
+    let job = create_job(&mut client, &["sound"], &FOUR);
+    let port = sim.server.addr.port();
     client
         .execute(
             "SELECT flex_sync_configure($1, NULL, '{\"allow_insecure_loopback\": false}')",

@@ -198,7 +198,7 @@ fn an_existing_unique_index_under_any_name_is_detected() {
     assert_eq!(indexes, 2, "primary key and the app's index; no second unique index");
 }
 
-/// INCLUDE columns are fine; a deferrable constraint is found but refused by the sync with
+/// INCLUDE columns are fine; a deferrable constraint is refused by the sync and the dedupe with
 /// 42P16 and its fix in the hint, as ON CONFLICT cannot use it (nor any other index beside it).
 #[test]
 fn an_include_index_counts_and_a_deferrable_constraint_is_refused_by_name() {
@@ -215,8 +215,10 @@ fn an_include_index_counts_and_a_deferrable_constraint_is_refused_by_name() {
     let err = err.as_db_error().unwrap();
     assert_eq!(err.code().code(), "42P16", "{err:?}");
     assert!(err.message().contains("pair_deferred") && err.hint().unwrap().contains("DROP CONSTRAINT"), "{err:?}");
-    let report = dedupe(&mut client, false);
-    assert_eq!((report["constraint"].as_str(), report["constraint_name"].as_str()), (Some("existed"), Some("pair_deferred")));
+    // The dedupe refuses it too: no index it could add would let the sync run beside it.
+    let err = dedupe_error(&mut client, false);
+    assert_eq!(err.code().code(), "42P16", "{err:?}");
+    assert!(err.message().contains("pair_deferred"), "{err:?}");
     client.batch_execute("ALTER TABLE flex_crew_assignments DROP CONSTRAINT pair_deferred").unwrap();
 
     client
@@ -227,6 +229,27 @@ fn an_include_index_counts_and_a_deferrable_constraint_is_refused_by_name() {
     let report = dedupe(&mut client, false);
     assert_eq!((report["constraint"].as_str(), report["constraint_name"].as_str()), (Some("existed"), Some("pair_with_line")));
     assert_eq!(sync(&mut client, &job.id)["ok"], true);
+}
+
+/// A failed CREATE UNIQUE INDEX CONCURRENTLY (it meets the duplicates) leaves an invalid index;
+/// under the name the dedupe gives its own it is named in the refusal before anything changes.
+#[test]
+fn an_invalid_index_left_under_the_dedupes_name_is_refused_before_anything_changes() {
+    let (_db, _sim, _job, mut client, _) = racy_job("dedupe_invalid");
+    let failed = client.batch_execute(
+        "CREATE UNIQUE INDEX CONCURRENTLY flex_crew_assignments_crew_call_id_technician_id_key
+             ON flex_crew_assignments (crew_call_id, technician_id)",
+    );
+    assert_eq!(failed.unwrap_err().as_db_error().unwrap().code().code(), "23505", "the build meets the duplicates");
+    let before = table_fingerprint(&mut client);
+    let err = dedupe_error(&mut client, false);
+    assert_eq!(err.code().code(), "42P07", "{err:?}");
+    assert!(err.hint().unwrap().contains("DROP INDEX"), "{err:?}");
+    assert_eq!(table_fingerprint(&mut client), before);
+    assert_eq!(audit_rows(&mut client), 0);
+    client.batch_execute("DROP INDEX flex_crew_assignments_crew_call_id_technician_id_key").unwrap();
+    let report = dedupe(&mut client, false);
+    assert_eq!((report["rows_removed"].as_i64(), report["constraint"].as_str()), (Some(3), Some("created")), "{report}");
 }
 
 #[test]
@@ -344,7 +367,7 @@ fn row_level_security_applies_to_the_owner_by_construction() {
     // An owner that may not read the table gets PostgreSQL's own refusal.
     let err = dedupe_error(&mut client, true);
     assert_eq!(err.code().code(), "42501", "{err:?}");
-    assert!(err.message().contains("permission denied"), "{err:?}");
+    assert!(err.message().contains("permission denied for table flex_crew_assignments"), "{err:?}");
 
     // An owner that owns the table (and may create its index) but is held to a policy hiding
     // technician 1's rows.

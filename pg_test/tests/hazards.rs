@@ -240,9 +240,9 @@ fn a_replaced_desired_set_rule_is_used() {
         .batch_execute(
             "CREATE OR REPLACE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
              RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
-             LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
+             LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                  SELECT ja.technician_id, btrim(p.flex_resource_id), ja.sound_role
-                 FROM job_assignments ja JOIN profiles p ON p.id = ja.technician_id
+                 FROM public.job_assignments ja JOIN public.profiles p ON p.id = ja.technician_id
                  WHERE ja.job_id = p_job_id AND ja.status = 'confirmed' AND p_department = 'sound'
              $$",
         )

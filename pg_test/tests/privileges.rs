@@ -162,6 +162,7 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
         listed,
         vec![
             format!("flex_dedupe_assignments(boolean) {path} "),
+            format!("flex_sync_configure(text,text,jsonb) {path} "),
             format!("flex_sync_job(uuid,text[],boolean) {path} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
             format!("flex_sync_pending(integer,integer,integer) {path} "),
             format!("flex_sync_private.on_assignment_change() {path} "),
