@@ -45,7 +45,6 @@ DECLARE
     batch            uuid := CASE WHEN dry_run THEN NULL ELSE gen_random_uuid() END;
     kind             "char";
     existing         text;
-    deferrable_index boolean;
     groups           bigint;
     doomed_count     bigint;
     removed          bigint;
@@ -78,16 +77,10 @@ BEGIN
         LOCK TABLE public.flex_crew_assignments IN SHARE ROW EXCLUSIVE MODE;
     END IF;
 
-    SELECT u.index_name, u.is_deferrable INTO existing, deferrable_index FROM flex_sync_private.pair_unique_index() u;
-    -- Refused before a row is touched: a deferrable constraint keeps every sync from running
-    -- whatever index is added beside it, and an index left behind under the name the dedupe
-    -- gives its own (a failed CREATE INDEX CONCURRENTLY leaves it invalid) would stop the build.
-    IF deferrable_index THEN
-        RAISE EXCEPTION 'the unique constraint % on flex_crew_assignments (crew_call_id, technician_id) is deferrable', existing
-            USING ERRCODE = 'invalid_table_definition',
-                  HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE '
-                         'flex_crew_assignments DROP CONSTRAINT <name>, ADD UNIQUE (crew_call_id, technician_id)';
-    END IF;
+    -- Refused before a row is touched: a deferrable pair constraint (raised by
+    -- pair_unique_index), and an index left behind under the name the dedupe gives its own (a
+    -- failed CREATE INDEX CONCURRENTLY leaves it invalid), which would stop the build.
+    existing := flex_sync_private.pair_unique_index();
     IF existing IS NULL AND to_regclass('public.flex_crew_assignments_crew_call_id_technician_id_key') IS NOT NULL THEN
         RAISE EXCEPTION 'public.flex_crew_assignments_crew_call_id_technician_id_key exists but is not a valid unique index on (crew_call_id, technician_id)'
             USING ERRCODE = 'duplicate_table',

@@ -94,14 +94,19 @@ LEFT JOIN flex_sync_private.api_token t ON true;
 -- The unique index on flex_crew_assignments (crew_call_id, technician_id), whatever its name:
 -- unique, valid (not left half-built, nor a partitioned table's index not yet on every
 -- partition), on exactly those two key columns (INCLUDE columns allowed), without predicate or
--- expression. A deferrable one comes first: ON CONFLICT refuses every arbiter once one of them is
--- deferrable, so the sync refuses to run while it exists. No row when there is none: the sync
--- refuses to run without one, the dedupe makes it.
-CREATE FUNCTION flex_sync_private.pair_unique_index(OUT index_name name, OUT is_deferrable boolean)
-LANGUAGE sql STABLE
+-- expression. NULL when there is none: the sync refuses to run without one, the dedupe makes it.
+-- A deferrable one is refused here, for the sync and the dedupe alike: ON CONFLICT refuses every
+-- arbiter once one of them is deferrable, so no index added beside it would help.
+CREATE FUNCTION flex_sync_private.pair_unique_index()
+RETURNS name
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT c.relname, NOT i.indimmediate
+DECLARE
+    found      name;
+    immediate  boolean;
+BEGIN
+    SELECT c.relname, i.indimmediate INTO found, immediate
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     WHERE i.indrelid = to_regclass('public.flex_crew_assignments')
       AND i.indisunique AND i.indisvalid
@@ -112,6 +117,14 @@ AS $$
            WHERE k.position <= i.indnkeyatts) = ARRAY['crew_call_id', 'technician_id']
     ORDER BY i.indimmediate, c.relname
     LIMIT 1;
+    IF NOT immediate THEN
+        RAISE EXCEPTION 'the unique constraint % on flex_crew_assignments (crew_call_id, technician_id) is deferrable', found
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE '
+                         'flex_crew_assignments DROP CONSTRAINT <name>, ADD UNIQUE (crew_call_id, technician_id)';
+    END IF;
+    RETURN found;
+END
 $$;
 
 -- Who should be on a department's crew call: the one place that defines it.

@@ -29,8 +29,6 @@ pub enum FlexSyncError {
     MissingTable(String),
     #[error("flex_crew_assignments has no unique constraint on (crew_call_id, technician_id)")]
     NoUniqueConstraint,
-    #[error("the unique constraint {0} on flex_crew_assignments (crew_call_id, technician_id) is deferrable")]
-    DeferrableUniqueConstraint(String),
     #[error("database error: {0}")]
     Spi(#[from] pgrx::spi::Error),
     #[error("unexpected result shape from the database: {0}")]
@@ -51,7 +49,7 @@ impl FlexSyncError {
             }
             FlexSyncError::IsolationLevel(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             FlexSyncError::MissingTable(_) => ERRCODE_UNDEFINED_TABLE,
-            FlexSyncError::NoUniqueConstraint | FlexSyncError::DeferrableUniqueConstraint(_) => ERRCODE_INVALID_TABLE_DEFINITION,
+            FlexSyncError::NoUniqueConstraint => ERRCODE_INVALID_TABLE_DEFINITION,
             FlexSyncError::Spi(_) | FlexSyncError::Decode(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -92,10 +90,6 @@ impl FlexSyncError {
             }
             FlexSyncError::NoUniqueConstraint => Some(
                 "run SELECT flex_dedupe_assignments() to remove duplicate rows and create the constraint",
-            ),
-            FlexSyncError::DeferrableUniqueConstraint(_) => Some(
-                "INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE \
-                 flex_crew_assignments DROP CONSTRAINT <name>, ADD UNIQUE (crew_call_id, technician_id)",
             ),
             _ => None,
         }

@@ -76,29 +76,26 @@ pub fn authorize() -> Result<()> {
 }
 
 /// The application tables exist and `flex_crew_assignments` has a unique index ON CONFLICT can
-/// use on exactly (crew_call_id, technician_id), whatever its name, and none that is deferrable
-/// (`flex_sync_private.pair_unique_index()`).
+/// use on exactly (crew_call_id, technician_id), whatever its name
+/// (`flex_sync_private.pair_unique_index()`, which raises 42P16 itself for a deferrable one).
 pub fn check_application_schema() -> Result<()> {
     #[derive(Deserialize)]
     struct Check {
         missing: Option<String>,
-        index: Option<String>,
-        deferrable: Option<bool>,
+        unique: Option<bool>,
     }
     let check: Check = query_json(
         "SELECT jsonb_build_object(
              'missing', (SELECT 'public.' || t FROM unnest(ARRAY['jobs', 'profiles', 'job_assignments',
                              'flex_crew_calls', 'flex_crew_assignments']) t
                          WHERE to_regclass('public.' || t) IS NULL LIMIT 1),
-             'index', u.index_name, 'deferrable', u.is_deferrable)
-         FROM flex_sync_private.pair_unique_index() u",
+             'unique', flex_sync_private.pair_unique_index() IS NOT NULL)",
         &[],
     )?;
     match check {
         Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
-        Check { index: None, .. } => Err(FlexSyncError::NoUniqueConstraint),
-        Check { index: Some(name), deferrable: Some(true), .. } => Err(FlexSyncError::DeferrableUniqueConstraint(name)),
-        Check { .. } => Ok(()),
+        Check { unique: Some(true), .. } => Ok(()),
+        _ => Err(FlexSyncError::NoUniqueConstraint),
     }
 }
 
