@@ -3,7 +3,7 @@
 //! `sync.rs`); what is raised here is bad input, bad configuration or a database problem.
 
 use flex_sync_core::input::InputError;
-use flex_sync_core::settings::SettingsError;
+use flex_sync_core::settings::{SettingsError, KNOWN_OPTIONS_HINT};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
@@ -59,11 +59,7 @@ impl FlexSyncError {
             FlexSyncError::Departments(_) => {
                 Some("pass NULL for every department with a crew call, or names such as 'sound', 'lights', 'video'")
             }
-            FlexSyncError::Settings(SettingsError::UnknownOption(_)) => Some(
-                "known options: connect_timeout_ms, request_timeout_ms, sync_deadline_ms, max_response_bytes, \
-                 max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, \
-                 api_token_vault_secret, allow_insecure_loopback",
-            ),
+            FlexSyncError::Settings(SettingsError::UnknownOption(_)) => Some(KNOWN_OPTIONS_HINT),
             FlexSyncError::Settings(SettingsError::TokenAndVaultSecret) => Some(
                 "pass NULL as api_token to read the token from Vault, or set the option api_token_vault_secret \
                  to null to store the token given",

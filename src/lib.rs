@@ -2,7 +2,7 @@
 //!
 //! Layers, outermost first: `api` (the SQL entry points), `sync` (one call's flow), `store` (all
 //! SQL), `flex_client` (all HTTP), and the pure core (reconcile plan, options, endpoints) in the
-//! `flex_sync_core` crate. The dedupe, the queue and the grants are plain SQL in `sql/`.
+//! `flex_sync_core` crate. The queue, the health views, the dedupe and the grants are plain SQL in `sql/`.
 
 mod api;
 mod error;
@@ -13,6 +13,8 @@ mod sync;
 pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["schema"]);
+pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["queue"]);
 pgrx::extension_sql_file!("../sql/dedupe.sql", name = "dedupe", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -217,22 +217,15 @@ pub fn call_context(job: &str) -> Result<CallContext> {
     )
 }
 
-/// Namespace of flex_sync's advisory locks: the two-int form `(classid, objid)` with this classid
-/// ('FLXS'). Applications that use the one-bigint form can never collide with it (Postgres keeps
-/// the two forms apart); objid is `hashtext(job_id || '/' || department)`, so two crew calls may
-/// share a lock and merely serialize.
-pub const ADVISORY_LOCK_CLASSID: i32 = 0x464C_5853;
-
-/// Takes the transaction-scoped lock of one (job, department); with `wait` false, returns false
-/// instead of waiting when another transaction holds it.
+/// Takes the crew call's advisory lock for the rest of the transaction (`wait` false: only if
+/// free). The lock's key is `flex_sync_private.item_lock()`, which the queue shares.
 pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> {
     let sql = if wait {
-        "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3)) IS NOT NULL"
+        "SELECT pg_advisory_xact_lock(k.classid, k.objid) IS NOT NULL FROM flex_sync_private.item_lock($1::uuid, $2) k"
     } else {
-        "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3))"
+        "SELECT pg_try_advisory_xact_lock(k.classid, k.objid) FROM flex_sync_private.item_lock($1::uuid, $2) k"
     };
-    Ok(first_value_prepared::<bool>(sql, &[ADVISORY_LOCK_CLASSID.into(), job.into(), department.into()])?
-        .unwrap_or(false))
+    Ok(first_value_prepared::<bool>(sql, &[job.into(), department.into()])?.unwrap_or(false))
 }
 
 /// Everything the plan of one crew call needs from the database, read after the lock is held.

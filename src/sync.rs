@@ -161,6 +161,8 @@ fn sync_department(
         "orphans_removed": report.orphans_removed,
         "flex_calls": flex_calls,
         "duration_ms": duration_ms,
+        // How long this call waited for another sync of the crew call (a queue run, another click).
+        "lock_wait_ms": lock_wait.as_millis() as u64,
         "own_work_us": own_work_us,
         "errors": report.errors,
         "business_role_diagnostics": report.diagnostics,

@@ -18,11 +18,19 @@ pub struct Options {
     pub max_parallel_requests: u64,
     pub retry_max_attempts: u64,
     pub orphan_policy: OrphanPolicy,
+    /// How long `flex_sync_log` keeps a row, in hours; the queue run prunes older ones
+    /// (`flex_sync_private.prune_log`, which reads the `to_json` form, e.g. "30 days").
+    pub log_retention_hours: u64,
     /// The Supabase Vault secret that holds the Flex token; read in SQL at call time
     /// (`flex_sync_private.effective_settings`), so the token is never stored by the extension.
     pub api_token_vault_secret: Option<String>,
     pub allow_insecure_loopback: bool,
 }
+
+/// The hint for an unknown option: every key `merged` accepts (a unit test holds it to that).
+pub const KNOWN_OPTIONS_HINT: &str = "known options: connect_timeout_ms, request_timeout_ms, sync_deadline_ms, \
+     max_response_bytes, max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, \
+     log_retention, api_token_vault_secret, allow_insecure_loopback";
 
 /// Flex allows a customer 30 requests in flight, across all of its keys.
 pub const FLEX_MAX_CONCURRENT_REQUESTS: u64 = 30;
@@ -39,6 +47,7 @@ impl Default for Options {
             max_parallel_requests: 4,
             retry_max_attempts: 3,
             orphan_policy: OrphanPolicy::Prune,
+            log_retention_hours: 30 * 24,
             api_token_vault_secret: None,
             allow_insecure_loopback: false,
         }
@@ -99,6 +108,16 @@ impl Options {
                         }
                     }
                 }
+                "log_retention" => {
+                    out.log_retention_hours = value.as_str().and_then(parse_retention).ok_or_else(|| {
+                        SettingsError::BadValue {
+                            key: key.clone(),
+                            expected: format!(
+                                "a duration such as \"30 days\" or \"12 hours\" (hours, days or weeks), from 1 hour to {MAX_RETENTION_DAYS} days"
+                            ),
+                        }
+                    })?
+                }
                 "api_token_vault_secret" => {
                     out.api_token_vault_secret = match value {
                         Value::Null => None,
@@ -133,12 +152,32 @@ impl Options {
             OrphanPolicy::Keep => "keep",
         };
         map.insert("orphan_policy".into(), Value::from(policy));
+        let hours = self.log_retention_hours;
+        let retention = if hours % 24 == 0 { format!("{} days", hours / 24) } else { format!("{hours} hours") };
+        map.insert("log_retention".into(), Value::from(retention));
         if let Some(secret) = &self.api_token_vault_secret {
             map.insert("api_token_vault_secret".into(), Value::from(secret.as_str()));
         }
         map.insert("allow_insecure_loopback".into(), Value::from(self.allow_insecure_loopback));
         Value::Object(map)
     }
+}
+
+const MAX_RETENTION_DAYS: u64 = 3650;
+
+/// "N hours", "N days" or "N weeks" (singular too) as hours, within 1 hour and
+/// MAX_RETENTION_DAYS; anything else is None.
+fn parse_retention(text: &str) -> Option<u64> {
+    let mut words = text.split_whitespace();
+    let (count, unit, rest) = (words.next()?.parse::<u64>().ok()?, words.next()?, words.next());
+    let hours_per_unit = match unit.to_ascii_lowercase().trim_end_matches('s') {
+        "hour" => 1,
+        "day" => 24,
+        "week" => 7 * 24,
+        _ => return None,
+    };
+    let hours = count.checked_mul(hours_per_unit)?;
+    (rest.is_none() && (1..=MAX_RETENTION_DAYS * 24).contains(&hours)).then_some(hours)
 }
 
 /// The Flex API root every request is built from: scheme, host, port and base path, nothing else.
@@ -328,6 +367,34 @@ mod tests {
         assert_eq!(Options::default().merged(&vault.to_json()).unwrap(), vault);
         let round = Options::default().merged(&o.to_json()).unwrap();
         assert_eq!(round, o);
+    }
+
+    #[test]
+    fn the_hint_names_every_option() {
+        let every = Options::default().merged(&json!({"api_token_vault_secret": "v"})).unwrap().to_json();
+        let listed: Vec<&str> = KNOWN_OPTIONS_HINT.trim_start_matches("known options: ").split(", ").collect();
+        let mut keys: Vec<&str> = every.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, keys);
+    }
+
+    #[test]
+    fn log_retention_is_a_duration_in_hours_days_or_weeks() {
+        let retention = |text: &str| Options::default().merged(&json!({"log_retention": text})).map(|o| o.log_retention_hours);
+        assert_eq!(Options::default().to_json()["log_retention"], "30 days");
+        assert_eq!(retention("12 hours"), Ok(12));
+        assert_eq!(retention(" 1 Day "), Ok(24));
+        assert_eq!(retention("2 weeks"), Ok(336));
+        assert_eq!(retention("3650 days"), Ok(3650 * 24));
+        for bad in ["0 days", "3651 days", "30", "days", "30 minutes", "1.5 days", "-1 days", "30 days ago", ""] {
+            assert!(retention(bad).is_err(), "{bad}");
+        }
+        assert!(Options::default().merged(&json!({"log_retention": 30})).is_err());
+        let hours = Options::default().merged(&json!({"log_retention": "36 hours"})).unwrap();
+        assert_eq!(hours.to_json()["log_retention"], "36 hours");
+        assert_eq!(Options::default().merged(&hours.to_json()).unwrap(), hours);
     }
 
     #[test]

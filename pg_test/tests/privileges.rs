@@ -169,6 +169,7 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
             format!("flex_sync_private.on_crew_call_change() {path} "),
             format!("flex_sync_private.on_resource_change() {path} "),
             format!("flex_sync_requeue(uuid) {path} "),
+            format!("flex_sync_resume() {path} "),
         ]
     );
 }

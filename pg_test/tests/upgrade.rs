@@ -1,5 +1,6 @@
 //! Updates. Every release older than the current one (pg_test/released.sh installs them from
-//! their commits; 1.0.0 is the first, so there is none yet) updates to what a fresh install is.
+//! their commits, as sql/releases lists them) updates to what a fresh install is, keeping its data
+//! and its queue.
 //! And what every update script must end with is tested on the current version: an update run
 //! with `flex_sync_private.restrict_acls()` under Supabase's default privileges, over a database
 //! whose grants leaked, leaves exactly the objects, ACLs and data of a fresh install.
@@ -115,6 +116,63 @@ fn write_data_and_leak_grants(client: &mut Client) {
         .unwrap();
 }
 
+/// The versions sql/releases records, but `current`.
+fn released_before(current: &str) -> Vec<String> {
+    let releases = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/releases")).unwrap();
+    let mut versions: Vec<String> = releases
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|v| v != current)
+        .collect();
+    versions.sort();
+    versions
+}
+
+const DEAD_JOB: &str = "00000000-0000-4000-8000-00000000dead";
+const MARKED_JOB: &str = "00000000-0000-4000-8000-0000000000aa";
+
+/// A dead item with a mark made after it died, and an item marked twice, as every release
+/// keeps them.
+fn write_queue_state(client: &mut Client) {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO flex_sync_private.retry_state (job_id, department, attempts, last_error, dead)
+             VALUES ('{DEAD_JOB}', 'sound', 8, 'flex_http_500: gone', true);
+             INSERT INTO flex_sync_private.dirty (job_id, department, marked_at) VALUES
+                 ('{DEAD_JOB}', 'sound', '2026-01-01T00:00:00Z'),
+                 ('{MARKED_JOB}', 'sound', now()), ('{MARKED_JOB}', 'sound', now());"
+        ))
+        .unwrap();
+}
+
+fn assert_queue_state_kept(client: &mut Client, from: &str) {
+    let rows: Vec<(String, i64, bool, Option<String>)> = client
+        .query(
+            "SELECT job_id::text, marks, dead, to_char(dirty_since AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+             FROM flex_sync_queue ORDER BY job_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let today: String = client.query_one("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')", &[]).unwrap().get(0);
+    assert_eq!(
+        rows,
+        vec![
+            (MARKED_JOB.to_string(), 2, false, Some(today)),
+            (DEAD_JOB.to_string(), 1, true, Some("2026-01-01".to_string())),
+        ],
+        "from {from}"
+    );
+    let retention: String = client
+        .query_one("SELECT options ->> 'log_retention' FROM flex_sync_private.settings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(retention, "30 days", "from {from}: the stored options gained the default retention");
+}
+
 fn assert_same_objects_and_data(client: &mut Client, expected: &[String], from: &str) {
     let updated = fingerprint(client);
     let head = |o: &String| o.chars().take(200).collect::<String>();
@@ -143,8 +201,7 @@ fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() 
         fresh_client.query_one("SELECT extversion FROM pg_extension WHERE extname = 'flex_sync'", &[]).unwrap().get(0);
     let expected = fingerprint(&mut fresh_client);
     assert!(expected.len() > 30, "the fingerprint sees the extension's objects: {}", expected.len());
-    // The releases before this one, installed by pg_test/released.sh from their commits (none
-    // while 1.0.0 is the only release).
+    // The releases before this one, installed by pg_test/released.sh from their commits.
     let older: Vec<String> = fresh_client
         .query(
             "SELECT version FROM pg_available_extension_versions WHERE name = 'flex_sync' AND version <> $1
@@ -155,6 +212,7 @@ fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() 
         .iter()
         .map(|r| r.get(0))
         .collect();
+    assert_eq!(older, released_before(&current), "every earlier release is installed to update from");
     for version in &older {
         let db = TestDb::empty(&format!("upgrade_from_{}", version.replace('.', "_")));
         let mut client = db.connect();
@@ -162,8 +220,10 @@ fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() 
         DefaultPrivileges::SupabasePlatform.apply(&mut client);
         client.batch_execute(&format!("CREATE EXTENSION flex_sync VERSION '{version}'")).unwrap();
         write_data_and_leak_grants(&mut client);
+        write_queue_state(&mut client);
         client.batch_execute("ALTER EXTENSION flex_sync UPDATE").unwrap();
         assert_same_objects_and_data(&mut client, &expected, version);
+        assert_queue_state_kept(&mut client, version);
     }
 
     // The current version, updated by a script that recreates objects under the defaults.

@@ -1,0 +1,324 @@
+-- flex_sync 1.0.0 to 1.1.0: the queue commits per item (flex_sync_run_queue), dead and
+-- backing-off items cost a run nothing, the profile trigger marks through one overridable rule,
+-- flex_sync_log has a retention (option log_retention) and indexes for the health views, and a
+-- budget pause is shown (flex_sync_health.paused_until) and cleared (flex_sync_resume).
+-- Objects are created exactly as a fresh 1.1.0 install creates them.
+
+CREATE FUNCTION flex_sync_private.item_lock(p_job_id uuid, p_department text, OUT classid integer, OUT objid integer)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT x'464C5853'::integer, hashtext(p_job_id::text || '/' || p_department);
+$$;
+
+ALTER TABLE flex_sync_private.retry_state ADD COLUMN dirty_since timestamptz;
+UPDATE flex_sync_private.retry_state r
+SET dirty_since = (SELECT min(d.marked_at) FROM flex_sync_private.dirty d
+                   WHERE d.job_id = r.job_id AND d.department = r.department);
+CREATE INDEX retry_state_due_idx ON flex_sync_private.retry_state (next_attempt_at) WHERE NOT dead;
+
+DROP INDEX flex_sync_log_job_idx;
+CREATE INDEX flex_sync_log_job_idx ON flex_sync_log (job_id, department, started_at DESC, id DESC);
+CREATE INDEX flex_sync_log_started_idx ON flex_sync_log (started_at);
+
+-- The retention a fresh configure writes; the prune reads it from the stored options.
+UPDATE flex_sync_private.settings SET options = options || '{"log_retention": "30 days"}'
+WHERE NOT options ? 'log_retention';
+
+CREATE FUNCTION flex_sync_private.jobs_to_mark_for_profile(p_technician_id uuid)
+RETURNS SETOF uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute a
+               WHERE a.attrelid = to_regclass('public.jobs') AND a.attname = 'end_time' AND NOT a.attisdropped) THEN
+        RETURN QUERY EXECUTE
+            'SELECT ja.job_id FROM public.job_assignments ja JOIN public.jobs j ON j.id = ja.job_id
+             WHERE ja.technician_id = $1 AND (j.end_time IS NULL OR j.end_time >= now())
+             ORDER BY j.end_time NULLS LAST, ja.job_id LIMIT 500'
+            USING p_technician_id;
+    ELSE
+        RETURN QUERY
+        SELECT ja.job_id FROM public.job_assignments ja
+        WHERE ja.technician_id = p_technician_id
+        ORDER BY ja.job_id LIMIT 500;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flex_sync_private.on_resource_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM flex_sync_private.mark_dirty(j.job_id, NULL)
+    FROM flex_sync_private.jobs_to_mark_for_profile(NEW.id) AS j(job_id);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION flex_sync_private.prune_log(batch integer)
+RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH cutoff AS (
+        SELECT now() - (s.options ->> 'log_retention')::interval AS before
+        FROM flex_sync_private.settings s WHERE s.options ? 'log_retention'
+    ), old AS (
+        SELECT l.id FROM @extschema@.flex_sync_log l, cutoff
+        WHERE l.started_at < cutoff.before
+        ORDER BY l.started_at LIMIT batch
+        FOR UPDATE OF l SKIP LOCKED
+    ), pruned AS (
+        DELETE FROM @extschema@.flex_sync_log l USING old WHERE l.id = old.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM pruned;
+$$;
+
+CREATE FUNCTION flex_sync_private.queue_run_start(max_jobs integer, max_seconds integer, max_attempts integer)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_seconds IS NULL OR max_seconds < 1
+       OR max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'max_jobs, max_seconds and max_attempts must be positive integers'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the defaults are max_jobs => 50, max_seconds => 50, max_attempts => 8';
+    END IF;
+    RETURN jsonb_build_object(
+        'started', clock_timestamp(), 'max_jobs', max_jobs, 'max_seconds', max_seconds,
+        'max_attempts', max_attempts,
+        -- Marks are walked by id from here; taken: the items this run has tried.
+        'after_mark', 0, 'taken', '[]'::jsonb,
+        -- Whether items may still be due, and whether the last prune found a full batch.
+        'items', true, 'prune', true,
+        'synced', 0, 'failed', 0, 'skipped', 0, 'pruned', 0);
+END
+$$;
+
+CREATE FUNCTION flex_sync_private.queue_run_step(run jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    prune_batch constant integer := 1000;
+    taken       text[] := ARRAY(SELECT jsonb_array_elements_text(run -> 'taken'));
+    item        record;
+    has_item    boolean := false;
+    item_key    record;
+    waiting     boolean;
+    seen        bigint[];
+    since       timestamptz;
+    result      jsonb;
+    status      text;
+    failure     text;
+    pruned      integer;
+    paused      timestamptz;
+BEGIN
+    IF (run ->> 'prune')::boolean THEN
+        pruned := flex_sync_private.prune_log(prune_batch);
+        run := run || jsonb_build_object('pruned', (run ->> 'pruned')::integer + pruned, 'prune', pruned = prune_batch);
+    END IF;
+    SELECT f.rate_limited_until INTO paused
+    FROM flex_sync_private.flex_state f WHERE f.rate_limited_until > clock_timestamp();
+    IF paused IS NOT NULL THEN
+        run := run || jsonb_build_object('items', false, 'paused_until', paused);
+    ELSIF cardinality(taken) >= (run ->> 'max_jobs')::integer THEN
+        run := run || jsonb_build_object('items', false);
+    END IF;
+
+    IF (run ->> 'items')::boolean THEN
+        SELECT r.job_id, r.department INTO item
+        FROM flex_sync_private.retry_state r
+        WHERE NOT r.dead AND r.next_attempt_at <= now()
+          AND NOT (r.job_id::text || '/' || r.department = ANY (taken))
+        ORDER BY r.next_attempt_at
+        LIMIT 1;
+        has_item := FOUND;
+        WHILE NOT has_item LOOP
+            SELECT d.mark_id, d.job_id, d.department INTO item
+            FROM flex_sync_private.dirty d
+            WHERE d.mark_id > (run ->> 'after_mark')::bigint
+              AND NOT (d.job_id::text || '/' || d.department = ANY (taken))
+            ORDER BY d.mark_id
+            LIMIT 1;
+            EXIT WHEN NOT FOUND;
+            run := run || jsonb_build_object('after_mark', item.mark_id);
+            SELECT * INTO item_key FROM flex_sync_private.item_lock(item.job_id, item.department);
+            -- Busy: a sync holds it; trying it below reports it skipped.
+            has_item := NOT pg_try_advisory_lock(item_key.classid, item_key.objid);
+            CONTINUE WHEN has_item;
+            -- One statement, so a requeue (which deletes the retry row and marks the item) is
+            -- seen whole or not at all.
+            WITH retry AS (
+                SELECT 1 FROM flex_sync_private.retry_state r
+                WHERE r.job_id = item.job_id AND r.department = item.department
+            ), folded AS (
+                DELETE FROM flex_sync_private.dirty d
+                WHERE d.job_id = item.job_id AND d.department = item.department AND EXISTS (SELECT 1 FROM retry)
+                RETURNING 1
+            )
+            SELECT EXISTS (SELECT 1 FROM retry) INTO waiting;
+            PERFORM pg_advisory_unlock(item_key.classid, item_key.objid);
+            has_item := NOT waiting;
+        END LOOP;
+        IF NOT has_item THEN
+            run := run || jsonb_build_object('items', false);
+        END IF;
+    END IF;
+
+    IF has_item THEN
+        run := jsonb_set(run, '{taken}', (run -> 'taken') || to_jsonb(item.job_id::text || '/' || item.department));
+        SELECT array_agg(d.mark_id), min(d.marked_at) INTO seen, since
+        FROM flex_sync_private.dirty d WHERE d.job_id = item.job_id AND d.department = item.department;
+        failure := NULL;
+        status := NULL;
+        BEGIN
+            result := @extschema@.flex_sync_job(item.job_id, ARRAY[item.department], false);
+            status := result -> 'summary' -> item.department ->> 'status';
+            IF status IN ('failed', 'partial') THEN
+                failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
+            ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'note' = 'no crew call mapping' THEN
+                failure := 'no crew call mapping';
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            failure := SQLSTATE || ': ' || SQLERRM;
+        END;
+        IF failure IS NULL AND status = 'skipped' THEN
+            run := run || jsonb_build_object('skipped', (run ->> 'skipped')::integer + 1);
+        ELSE
+            DELETE FROM flex_sync_private.dirty
+            WHERE job_id = item.job_id AND department = item.department AND mark_id = ANY (seen);
+            IF failure IS NULL THEN
+                run := run || jsonb_build_object('synced', (run ->> 'synced')::integer + 1);
+                DELETE FROM flex_sync_private.retry_state WHERE job_id = item.job_id AND department = item.department;
+            ELSE
+                run := run || jsonb_build_object('failed', (run ->> 'failed')::integer + 1);
+                INSERT INTO flex_sync_private.retry_state AS r
+                       (job_id, department, attempts, next_attempt_at, last_error, dead, dirty_since)
+                VALUES (item.job_id, item.department, 1, now() + interval '1 second' * (1 + random() * 2), failure,
+                        (run ->> 'max_attempts')::integer <= 1, coalesce(since, now()))
+                ON CONFLICT (job_id, department) DO UPDATE
+                SET attempts = r.attempts + 1,
+                    -- Exponential backoff with full jitter, capped at one hour.
+                    next_attempt_at = now() + interval '1 second' * random() * least(3600, 2 ^ (r.attempts + 1) * 5),
+                    last_error = EXCLUDED.last_error,
+                    dead = r.attempts + 1 >= (run ->> 'max_attempts')::integer,
+                    dirty_since = least(r.dirty_since, EXCLUDED.dirty_since);
+            END IF;
+        END IF;
+    END IF;
+
+    IF ((run ->> 'items')::boolean OR (run ->> 'prune')::boolean)
+       AND clock_timestamp() - (run ->> 'started')::timestamptz <= make_interval(secs => (run ->> 'max_seconds')::integer) THEN
+        RETURN run;
+    END IF;
+    RETURN jsonb_build_object(
+        'synced', run -> 'synced', 'failed', run -> 'failed', 'skipped', run -> 'skipped', 'pruned', run -> 'pruned',
+        'remaining', (SELECT count(*) FROM (SELECT d.job_id, d.department FROM flex_sync_private.dirty d
+                                            UNION
+                                            SELECT r.job_id, r.department FROM flex_sync_private.retry_state r
+                                            WHERE NOT r.dead) q),
+        'duration_ms', round(extract(epoch FROM clock_timestamp() - (run ->> 'started')::timestamptz) * 1000))
+        || CASE WHEN run ? 'paused_until' THEN jsonb_build_object('paused_until', run -> 'paused_until') ELSE '{}' END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flex_sync_pending(max_jobs integer DEFAULT 50, max_seconds integer DEFAULT 50,
+                                  max_attempts integer DEFAULT 8)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    run jsonb := flex_sync_private.queue_run_start(max_jobs, max_seconds, max_attempts);
+BEGIN
+    LOOP
+        run := flex_sync_private.queue_run_step(run);
+        EXIT WHEN run ? 'remaining';
+    END LOOP;
+    RETURN run;
+END
+$$;
+
+CREATE PROCEDURE flex_sync_run_queue(max_jobs integer DEFAULT 50, max_seconds integer DEFAULT 50,
+                                     max_attempts integer DEFAULT 8, INOUT report jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    report := flex_sync_private.queue_run_start(max_jobs, max_seconds, max_attempts);
+    COMMIT;
+    LOOP
+        report := flex_sync_private.queue_run_step(report);
+        COMMIT;
+        EXIT WHEN pg_catalog.jsonb_exists(report, 'remaining');
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flex_sync_requeue(p_job_id uuid DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH revived AS (
+        DELETE FROM flex_sync_private.retry_state
+        WHERE dead AND (p_job_id IS NULL OR job_id = p_job_id)
+        RETURNING job_id, department
+    ), marked AS (
+        INSERT INTO flex_sync_private.dirty (job_id, department)
+        SELECT job_id, department FROM revived
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM marked;
+$$;
+
+CREATE FUNCTION flex_sync_resume()
+RETURNS timestamptz
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH pause AS (
+        SELECT f.rate_limited_until FROM flex_sync_private.flex_state f WHERE f.rate_limited_until > now()
+    ), cleared AS (
+        UPDATE flex_sync_private.flex_state SET rate_limited_until = NULL WHERE rate_limited_until IS NOT NULL
+    )
+    SELECT rate_limited_until FROM pause;
+$$;
+
+CREATE OR REPLACE VIEW flex_sync_queue AS
+SELECT i.job_id, i.department, coalesce(m.marks, 0) AS marks,
+       least(m.dirty_since, r.dirty_since) AS dirty_since,
+       coalesce(r.attempts, 0) AS attempts, r.next_attempt_at, r.last_error, coalesce(r.dead, false) AS dead
+FROM (SELECT job_id, department FROM flex_sync_private.dirty
+      UNION
+      SELECT job_id, department FROM flex_sync_private.retry_state) i
+LEFT JOIN (SELECT job_id, department, count(*) AS marks, min(marked_at) AS dirty_since
+           FROM flex_sync_private.dirty GROUP BY job_id, department) m USING (job_id, department)
+LEFT JOIN flex_sync_private.retry_state r USING (job_id, department);
+
+CREATE OR REPLACE VIEW flex_sync_health AS
+SELECT count(*) AS syncs_24h,
+       round(avg((status = 'ok')::int) * 100, 1) AS success_rate_pct,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_duration_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_duration_ms,
+       (SELECT count(*) FROM (SELECT job_id, department FROM flex_sync_private.dirty
+                              UNION
+                              SELECT job_id, department FROM flex_sync_private.retry_state WHERE NOT dead) q) AS queue_depth,
+       (SELECT count(*) FROM flex_sync_private.retry_state WHERE dead) AS dead_items,
+       (SELECT rate_limited_until FROM flex_sync_private.flex_state WHERE rate_limited_until > now()) AS paused_until,
+       (SELECT 'flex_rate_limited'::text FROM flex_sync_private.flex_state WHERE rate_limited_until > now()) AS pause_reason
+FROM flex_sync_log
+WHERE started_at > now() - interval '24 hours' AND status <> 'skipped';
+
+SELECT flex_sync_private.restrict_acls();
