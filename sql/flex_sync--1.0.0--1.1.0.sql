@@ -60,23 +60,22 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION flex_sync_private.prune_log(batch integer)
-RETURNS integer
+CREATE FUNCTION flex_sync_private.prune_log(batch integer, after timestamptz, OUT pruned integer, OUT through timestamptz)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH cutoff AS (
-        SELECT now() - (s.options ->> 'log_retention')::interval AS before
-        FROM flex_sync_private.settings s WHERE s.options ? 'log_retention'
-    ), old AS (
-        SELECT l.id FROM @extschema@.flex_sync_log l, cutoff
-        WHERE l.started_at < cutoff.before
+    -- Without settings or the option the cutoff is NULL and nothing goes.
+    WITH old AS (
+        SELECT l.id, l.started_at FROM @extschema@.flex_sync_log l
+        WHERE l.started_at >= after
+          AND l.started_at < (SELECT now() - (s.options ->> 'log_retention')::interval FROM flex_sync_private.settings s)
         ORDER BY l.started_at LIMIT batch
         FOR UPDATE OF l SKIP LOCKED
-    ), pruned AS (
-        DELETE FROM @extschema@.flex_sync_log l USING old WHERE l.id = old.id RETURNING 1
+    ), gone AS (
+        -- By the primary key: a join would let the generic plan hash the whole log.
+        DELETE FROM @extschema@.flex_sync_log l WHERE l.id = ANY (ARRAY(SELECT old.id FROM old)) RETURNING l.started_at
     )
-    SELECT count(*)::integer FROM pruned;
+    SELECT count(*)::integer, max(started_at) FROM gone;
 $$;
 
 CREATE FUNCTION flex_sync_private.queue_run_start(max_jobs integer, max_seconds integer, max_attempts integer)
@@ -97,7 +96,7 @@ BEGIN
         -- Marks are walked by id from here; taken: the items this run has tried.
         'after_mark', 0, 'taken', '[]'::jsonb,
         -- Whether items may still be due, and whether the last prune found a full batch.
-        'items', true, 'prune', true,
+        'items', true, 'prune', true, 'prune_after', '-infinity'::timestamptz,
         'synced', 0, 'failed', 0, 'skipped', 0, 'pruned', 0);
 END
 $$;
@@ -120,11 +119,14 @@ DECLARE
     status      text;
     failure     text;
     pruned      integer;
+    through     timestamptz;
     paused      timestamptz;
 BEGIN
     IF (run ->> 'prune')::boolean THEN
-        pruned := flex_sync_private.prune_log(prune_batch);
-        run := run || jsonb_build_object('pruned', (run ->> 'pruned')::integer + pruned, 'prune', pruned = prune_batch);
+        SELECT p.pruned, p.through INTO pruned, through
+        FROM flex_sync_private.prune_log(prune_batch, (run ->> 'prune_after')::timestamptz) p;
+        run := run || jsonb_build_object('pruned', (run ->> 'pruned')::integer + pruned, 'prune', pruned = prune_batch,
+                                         'prune_after', coalesce(through, (run ->> 'prune_after')::timestamptz));
     END IF;
     SELECT f.rate_limited_until INTO paused
     FROM flex_sync_private.flex_state f WHERE f.rate_limited_until > clock_timestamp();
@@ -222,10 +224,12 @@ BEGIN
     END IF;
     RETURN jsonb_build_object(
         'synced', run -> 'synced', 'failed', run -> 'failed', 'skipped', run -> 'skipped', 'pruned', run -> 'pruned',
-        'remaining', (SELECT count(*) FROM (SELECT d.job_id, d.department FROM flex_sync_private.dirty d
-                                            UNION
-                                            SELECT r.job_id, r.department FROM flex_sync_private.retry_state r
-                                            WHERE NOT r.dead) q),
+        -- Items left marked (a run folds the marks of waiting items as it meets them) or due.
+        'remaining', (SELECT count(*) FROM (
+                          SELECT d.job_id, d.department FROM flex_sync_private.dirty d
+                          UNION
+                          SELECT r.job_id, r.department FROM flex_sync_private.retry_state r
+                          WHERE NOT r.dead AND r.next_attempt_at <= now()) q),
         'duration_ms', round(extract(epoch FROM clock_timestamp() - (run ->> 'started')::timestamptz) * 1000))
         || CASE WHEN run ? 'paused_until' THEN jsonb_build_object('paused_until', run -> 'paused_until') ELSE '{}' END;
 END

@@ -411,3 +411,26 @@ pub fn pg_config(what: &str) -> std::path::PathBuf {
     let out = std::process::Command::new(&pg_config).arg(what).output().expect("run pg_config");
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`. For waiting on
+/// something another connection does (a commit, a Flex call), never on time alone.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `CALL flex_sync_run_queue(args)`: the run's report.
+pub fn run_queue(client: &mut Client, args: &str) -> Value {
+    let messages = client.simple_query(&format!("CALL flex_sync_run_queue({args})")).unwrap();
+    let report = messages
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("CALL returns the report");
+    serde_json::from_str(&report).unwrap()
+}
