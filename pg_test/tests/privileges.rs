@@ -461,3 +461,49 @@ fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
         client.query("SELECT run_as FROM public.hijacks", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(hijacked, Vec::<String>::new(), "the planted aggregate ran inside the extension");
 }
+
+/// The live app's jobs have an end_time: with the queue's triggers on its own tables, a profile
+/// change marks the technician's jobs that have not ended, and a queue run syncs them.
+#[test]
+fn on_the_live_app_schema_a_profile_change_marks_only_jobs_that_have_not_ended() {
+    let mut rig = job_rig("live_app_queue", DefaultPrivileges::LiveApp);
+    let JobRig { client, sim, job, .. } = &mut rig;
+    client.batch_execute("SELECT flex_sync_enable_queue()").unwrap();
+    let ended: String = client
+        .query_one(
+            "INSERT INTO jobs (title, start_time, end_time) VALUES ('Ended', now() - interval '2 days', now() - interval '1 day')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO flex_crew_calls (job_id, department, flex_element_id) VALUES ($1::text::uuid, 'sound', gen_random_uuid())",
+            &[&ended],
+        )
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
+             SELECT $1::text::uuid, p.id, 'SND-FOH-R', 'confirmed' FROM profiles p WHERE p.flex_resource_id = 'res-live-3'",
+            &[&ended],
+        )
+        .unwrap();
+    client.batch_execute("DELETE FROM flex_sync_private.dirty").unwrap();
+    client.batch_execute("UPDATE profiles SET flex_resource_id = 'res-live-3-new' WHERE flex_resource_id = 'res-live-3'").unwrap();
+    let marked: Vec<String> = client
+        .query("SELECT DISTINCT job_id::text FROM flex_sync_queue", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(marked, vec![job.clone()], "the job that ended ({ended}) is not marked");
+    let report = run_queue(client, "");
+    assert_eq!(report["synced"], 1, "{report}");
+    let element: String = client
+        .query_one("SELECT flex_element_id::text FROM flex_crew_calls WHERE job_id = $1::text::uuid", &[&*job])
+        .unwrap()
+        .get(0);
+    assert!(sim.contacts(&element).iter().any(|(_, resource, _)| resource == "res-live-3-new"));
+}
