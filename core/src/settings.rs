@@ -153,7 +153,7 @@ impl Options {
         };
         map.insert("orphan_policy".into(), Value::from(policy));
         let hours = self.log_retention_hours;
-        let retention = if hours % 24 == 0 { format!("{} days", hours / 24) } else { format!("{hours} hours") };
+        let retention = if hours.is_multiple_of(24) { format!("{} days", hours / 24) } else { format!("{hours} hours") };
         map.insert("log_retention".into(), Value::from(retention));
         if let Some(secret) = &self.api_token_vault_secret {
             map.insert("api_token_vault_secret".into(), Value::from(secret.as_str()));

@@ -434,3 +434,8 @@ pub fn run_queue(client: &mut Client, args: &str) -> Value {
         .expect("CALL returns the report");
     serde_json::from_str(&report).unwrap()
 }
+
+/// The first column of every row `sql` returns, as text.
+pub fn strings(client: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Vec<String> {
+    client.query(sql, params).unwrap().iter().map(|r| r.get(0)).collect()
+}

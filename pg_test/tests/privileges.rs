@@ -492,12 +492,7 @@ fn on_the_live_app_schema_a_profile_change_marks_only_jobs_that_have_not_ended()
         .unwrap();
     client.batch_execute("DELETE FROM flex_sync_private.dirty").unwrap();
     client.batch_execute("UPDATE profiles SET flex_resource_id = 'res-live-3-new' WHERE flex_resource_id = 'res-live-3'").unwrap();
-    let marked: Vec<String> = client
-        .query("SELECT DISTINCT job_id::text FROM flex_sync_queue", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let marked = strings(client, "SELECT DISTINCT job_id::text FROM flex_sync_queue", &[]);
     assert_eq!(marked, vec![job.clone()], "the job that ended ({ended}) is not marked");
     let report = run_queue(client, "");
     assert_eq!(report["synced"], 1, "{report}");

@@ -404,12 +404,7 @@ fn a_failed_item_waits_in_its_retry_row_and_new_marks_fold_into_it() {
 }
 
 fn marked_jobs(client: &mut Client) -> Vec<String> {
-    client
-        .query("SELECT DISTINCT job_id::text FROM flex_sync_queue ORDER BY 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    strings(client, "SELECT DISTINCT job_id::text FROM flex_sync_queue ORDER BY 1", &[])
 }
 
 #[test]
@@ -422,22 +417,18 @@ fn a_profile_change_marks_the_jobs_that_have_not_ended_at_most_500() {
         .unwrap()
         .get(0);
     let jobs_ending = |client: &mut Client, ends: &str, n: i32| -> Vec<String> {
-        client
-            .query(
-                &format!(
-                    "WITH j AS (INSERT INTO jobs (title, end_time) SELECT 'j', {ends} FROM generate_series(1, $2) RETURNING id),
-                          c AS (INSERT INTO flex_crew_calls (job_id, department, flex_element_id)
-                                SELECT id, 'sound', gen_random_uuid() FROM j),
-                          a AS (INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
-                                SELECT id, $1::text::uuid, 'SND-PA-T', 'confirmed' FROM j)
-                     SELECT id::text FROM j ORDER BY 1"
-                ),
-                &[&tech, &n],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        strings(
+            client,
+            &format!(
+                "WITH j AS (INSERT INTO jobs (title, end_time) SELECT 'j', {ends} FROM generate_series(1, $2) RETURNING id),
+                      c AS (INSERT INTO flex_crew_calls (job_id, department, flex_element_id)
+                            SELECT id, 'sound', gen_random_uuid() FROM j),
+                      a AS (INSERT INTO job_assignments (job_id, technician_id, sound_role, status)
+                            SELECT id, $1::text::uuid, 'SND-PA-T', 'confirmed' FROM j)
+                 SELECT id::text FROM j ORDER BY 1"
+            ),
+            &[&tech, &n],
+        )
     };
     let ended = jobs_ending(&mut client, "now() - interval '1 day'", 1);
     let soon = jobs_ending(&mut client, "now() + interval '1 day'", 1);

@@ -291,12 +291,7 @@ fn interactive_during_run(b: &mut Bench) {
     load_dirty_jobs(&mut setup, 1_000);
     let mut client = db.connect();
     // The idle figure: jobs synced once, then clicked with nothing running.
-    let warm: Vec<String> = client
-        .query("SELECT id::text FROM jobs ORDER BY id LIMIT 20", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let warm = strings(&mut client, "SELECT id::text FROM jobs ORDER BY id LIMIT 20", &[]);
     sim.set_faults(Value::Array(latency));
     for job in &warm {
         sync(&mut client, job);
@@ -538,6 +533,9 @@ fn dedupe(b: &mut Bench) {
     b.line("run with the default work_mem).");
 }
 
+/// A named part of the benchmarks, run alone with `bench.sh <name>`.
+type Section = fn(&mut Bench);
+
 fn main() {
     let mut b = Bench { out: String::new() };
     b.line("# flex_sync benchmarks\n");
@@ -560,7 +558,7 @@ fn main() {
     );
     b.line(&header);
     let only = std::env::args().nth(1);
-    let sections: [(&str, fn(&mut Bench)); 6] = [
+    let sections: [(&str, Section); 6] = [
         ("calls", flex_calls),
         ("wall", wall_time),
         ("cost", database_cost),
