@@ -53,7 +53,7 @@ $$;
 -- Which jobs a change to a technician's profile (flex_resource_id, department) marks dirty: the
 -- one overridable place (CREATE OR REPLACE FUNCTION, as desired_crew). Default: the jobs the
 -- technician is assigned to that have not ended, when the application's jobs table has an
--- end_time column (the live app's has), soonest-ending first; without one, every job the
+-- end_time column of a time type (the live app's has), soonest-ending first; without one, every job the
 -- technician is on. At most 500 either way, so one profile edit stays a small write.
 CREATE FUNCTION flex_sync_private.jobs_to_mark_for_profile(p_technician_id uuid)
 RETURNS SETOF uuid
@@ -62,7 +62,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_attribute a
-               WHERE a.attrelid = to_regclass('public.jobs') AND a.attname = 'end_time' AND NOT a.attisdropped) THEN
+               WHERE a.attrelid = to_regclass('public.jobs') AND a.attname = 'end_time' AND NOT a.attisdropped
+                 AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)) THEN
         RETURN QUERY EXECUTE
             'SELECT ja.job_id FROM public.job_assignments ja JOIN public.jobs j ON j.id = ja.job_id
              WHERE ja.technician_id = $1 AND (j.end_time IS NULL OR j.end_time >= now())
@@ -143,20 +144,20 @@ BEGIN
 END
 $$;
 
--- Deletes up to `batch` rows of flex_sync_log older than the option log_retention, oldest
--- first from `after` on, skipping rows another prune holds. Returns how many went and the
+-- Deletes up to p_batch rows of flex_sync_log older than the option log_retention, oldest
+-- first from p_after on, skipping rows another prune holds. Returns how many went and the
 -- newest start among them: the next batch starts there, so it does not walk again the index
 -- entries of rows deleted before (they stay until vacuum).
-CREATE FUNCTION flex_sync_private.prune_log(batch integer, after timestamptz, OUT pruned integer, OUT through timestamptz)
+CREATE FUNCTION flex_sync_private.prune_log(p_batch integer, p_after timestamptz, OUT pruned integer, OUT through timestamptz)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- Without settings or the option the cutoff is NULL and nothing goes.
     WITH old AS (
         SELECT l.id, l.started_at FROM @extschema@.flex_sync_log l
-        WHERE l.started_at >= after
+        WHERE l.started_at >= p_after
           AND l.started_at < (SELECT now() - (s.options ->> 'log_retention')::interval FROM flex_sync_private.settings s)
-        ORDER BY l.started_at LIMIT batch
+        ORDER BY l.started_at LIMIT p_batch
         FOR UPDATE OF l SKIP LOCKED
     ), gone AS (
         -- By the primary key: a join would let the generic plan hash the whole log.
@@ -194,14 +195,17 @@ $$;
 -- One step: prune a batch of old log rows, then sync the next due item, if any. Due first are
 -- items whose retry time has come; then items by their marks in the order they were marked,
 -- walking the marks' primary key from where the last step stopped. A mark of an item with a
--- retry row is folded into that row (deleted) under the item's lock, which keeps out a scheduler
--- syncing the item and so clearing that row. Each item syncs in its own subtransaction; one
--- another scheduler holds is skipped (its lock is busy), so two schedulers never sync one item at
--- once. After the sync only the marks read before it began go: a mark committed later, even one
--- with a smaller id, keeps the item due. Failures back off exponentially with jitter; after
--- max_attempts the item is dead until flex_sync_requeue(). While Flex's hourly budget is known to
--- be spent nothing is synced (the run reports paused_until). Returns the next state, or the
--- run's report (it has the key "remaining") when the run is over.
+-- retry row is folded into that row (deleted) while the step holds the item's lock, which keeps
+-- out a sync of the item (a sync that succeeds deletes the retry row, and would then lose a mark
+-- folded meanwhile); an item whose lock is busy is passed over, its marks kept. At most
+-- fold_limit marks are folded per step, so a step stays short. Each item syncs in its own
+-- subtransaction; one another scheduler holds is skipped (its lock is busy), so two schedulers
+-- never sync one item at once. After the sync only the marks read before it began go: a mark
+-- committed later, even one with a smaller id, keeps the item due. Failures back off
+-- exponentially with jitter; after max_attempts the item is dead until flex_sync_requeue().
+-- While Flex's hourly budget is known to be spent nothing is synced (the run reports
+-- paused_until). Returns the next state, or the run's report (it has the key "remaining") when
+-- the run is over.
 CREATE FUNCTION flex_sync_private.queue_run_step(run jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -209,10 +213,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     prune_batch constant integer := 1000;
+    fold_limit  constant integer := 1000;
+    -- The clock, not the transaction's start: the function form runs in one transaction.
+    moment      timestamptz := clock_timestamp();
     taken       text[] := ARRAY(SELECT jsonb_array_elements_text(run -> 'taken'));
     item        record;
     has_item    boolean := false;
+    walked_all  boolean := false;
+    folds       integer := 0;
     item_key    record;
+    held_class  integer;
+    held_obj    integer;
     waiting     boolean;
     seen        bigint[];
     since       timestamptz;
@@ -230,7 +241,7 @@ BEGIN
                                          'prune_after', coalesce(through, (run ->> 'prune_after')::timestamptz));
     END IF;
     SELECT f.rate_limited_until INTO paused
-    FROM flex_sync_private.flex_state f WHERE f.rate_limited_until > clock_timestamp();
+    FROM flex_sync_private.flex_state f WHERE f.rate_limited_until > moment;
     IF paused IS NOT NULL THEN
         run := run || jsonb_build_object('items', false, 'paused_until', paused);
     ELSIF cardinality(taken) >= (run ->> 'max_jobs')::integer THEN
@@ -240,39 +251,56 @@ BEGIN
     IF (run ->> 'items')::boolean THEN
         SELECT r.job_id, r.department INTO item
         FROM flex_sync_private.retry_state r
-        WHERE NOT r.dead AND r.next_attempt_at <= now()
+        WHERE NOT r.dead AND r.next_attempt_at <= moment
           AND NOT (r.job_id::text || '/' || r.department = ANY (taken))
         ORDER BY r.next_attempt_at
         LIMIT 1;
         has_item := FOUND;
-        WHILE NOT has_item LOOP
-            SELECT d.mark_id, d.job_id, d.department INTO item
-            FROM flex_sync_private.dirty d
-            WHERE d.mark_id > (run ->> 'after_mark')::bigint
-              AND NOT (d.job_id::text || '/' || d.department = ANY (taken))
-            ORDER BY d.mark_id
-            LIMIT 1;
-            EXIT WHEN NOT FOUND;
-            run := run || jsonb_build_object('after_mark', item.mark_id);
-            SELECT * INTO item_key FROM flex_sync_private.item_lock(item.job_id, item.department);
-            -- Busy: a sync holds it; trying it below reports it skipped.
-            has_item := NOT pg_try_advisory_lock(item_key.classid, item_key.objid);
-            CONTINUE WHEN has_item;
-            -- One statement, so a requeue (which deletes the retry row and marks the item) is
-            -- seen whole or not at all.
-            WITH retry AS (
-                SELECT 1 FROM flex_sync_private.retry_state r
-                WHERE r.job_id = item.job_id AND r.department = item.department
-            ), folded AS (
-                DELETE FROM flex_sync_private.dirty d
-                WHERE d.job_id = item.job_id AND d.department = item.department AND EXISTS (SELECT 1 FROM retry)
-                RETURNING 1
-            )
-            SELECT EXISTS (SELECT 1 FROM retry) INTO waiting;
-            PERFORM pg_advisory_unlock(item_key.classid, item_key.objid);
-            has_item := NOT waiting;
-        END LOOP;
-        IF NOT has_item THEN
+        -- One subtransaction for the walk, so that an error (a cancel, a timeout) never leaves
+        -- the item's lock behind: held by the session, it would keep every sync of the item
+        -- waiting. The lock is the session's, taken for one statement, because a
+        -- transaction's would pile up in the function form, one per folded item.
+        BEGIN
+            WHILE NOT has_item AND folds < fold_limit LOOP
+                SELECT d.mark_id, d.job_id, d.department INTO item
+                FROM flex_sync_private.dirty d
+                WHERE d.mark_id > (run ->> 'after_mark')::bigint
+                  AND NOT (d.job_id::text || '/' || d.department = ANY (taken))
+                ORDER BY d.mark_id
+                LIMIT 1;
+                IF NOT FOUND THEN
+                    walked_all := true;
+                    EXIT;
+                END IF;
+                run := run || jsonb_build_object('after_mark', item.mark_id);
+                SELECT * INTO item_key FROM flex_sync_private.item_lock(item.job_id, item.department);
+                CONTINUE WHEN NOT pg_try_advisory_lock(item_key.classid, item_key.objid);
+                held_class := item_key.classid;
+                held_obj := item_key.objid;
+                -- One statement, so a requeue (which deletes the retry row and marks the item)
+                -- is seen whole or not at all.
+                WITH retry AS (
+                    SELECT 1 FROM flex_sync_private.retry_state r
+                    WHERE r.job_id = item.job_id AND r.department = item.department
+                ), folded AS (
+                    DELETE FROM flex_sync_private.dirty d
+                    WHERE d.job_id = item.job_id AND d.department = item.department
+                      AND EXISTS (SELECT 1 FROM retry)
+                    RETURNING 1
+                )
+                SELECT EXISTS (SELECT 1 FROM retry) INTO waiting;
+                PERFORM pg_advisory_unlock(held_class, held_obj);
+                held_class := NULL;
+                has_item := NOT waiting;
+                folds := folds + waiting::integer;
+            END LOOP;
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            IF held_class IS NOT NULL THEN
+                PERFORM pg_advisory_unlock(held_class, held_obj);
+            END IF;
+            RAISE;
+        END;
+        IF NOT has_item AND walked_all THEN
             run := run || jsonb_build_object('items', false);
         END IF;
     END IF;
@@ -290,9 +318,18 @@ BEGIN
                 failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
             ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'note' = 'no crew call mapping' THEN
                 failure := 'no crew call mapping';
+            ELSIF status IS NULL THEN
+                failure := 'no result for department ' || item.department;
             END IF;
         EXCEPTION WHEN OTHERS THEN
             failure := SQLSTATE || ': ' || SQLERRM;
+            -- The rolled-back subtransaction gave the item's lock back: take it again before
+            -- writing the item's state, or leave the state to whoever holds it now.
+            SELECT * INTO item_key FROM flex_sync_private.item_lock(item.job_id, item.department);
+            IF NOT pg_try_advisory_xact_lock(item_key.classid, item_key.objid) THEN
+                status := 'skipped';
+                failure := NULL;
+            END IF;
         END;
         IF failure IS NULL AND status = 'skipped' THEN
             run := run || jsonb_build_object('skipped', (run ->> 'skipped')::integer + 1);
@@ -306,12 +343,12 @@ BEGIN
                 run := run || jsonb_build_object('failed', (run ->> 'failed')::integer + 1);
                 INSERT INTO flex_sync_private.retry_state AS r
                        (job_id, department, attempts, next_attempt_at, last_error, dead, dirty_since)
-                VALUES (item.job_id, item.department, 1, now() + interval '1 second' * (1 + random() * 2), failure,
-                        (run ->> 'max_attempts')::integer <= 1, coalesce(since, now()))
+                VALUES (item.job_id, item.department, 1, clock_timestamp() + interval '1 second' * (1 + random() * 2),
+                        failure, (run ->> 'max_attempts')::integer <= 1, coalesce(since, moment))
                 ON CONFLICT (job_id, department) DO UPDATE
                 SET attempts = r.attempts + 1,
                     -- Exponential backoff with full jitter, capped at one hour.
-                    next_attempt_at = now() + interval '1 second' * random() * least(3600, 2 ^ (r.attempts + 1) * 5),
+                    next_attempt_at = clock_timestamp() + interval '1 second' * random() * least(3600, 2 ^ (r.attempts + 1) * 5),
                     last_error = EXCLUDED.last_error,
                     dead = r.attempts + 1 >= (run ->> 'max_attempts')::integer,
                     dirty_since = least(r.dirty_since, EXCLUDED.dirty_since);
@@ -330,7 +367,7 @@ BEGIN
                           SELECT d.job_id, d.department FROM flex_sync_private.dirty d
                           UNION
                           SELECT r.job_id, r.department FROM flex_sync_private.retry_state r
-                          WHERE NOT r.dead AND r.next_attempt_at <= now()) q),
+                          WHERE NOT r.dead AND r.next_attempt_at <= moment) q),
         'duration_ms', round(extract(epoch FROM clock_timestamp() - (run ->> 'started')::timestamptz) * 1000))
         || CASE WHEN run ? 'paused_until' THEN jsonb_build_object('paused_until', run -> 'paused_until') ELSE '{}' END;
 END

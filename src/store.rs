@@ -181,7 +181,7 @@ pub const RATE_LIMIT_PAUSE: &str = "5 minutes";
 
 pub fn note_rate_limited() -> Result<()> {
     execute(
-        "INSERT INTO flex_sync_private.flex_state (singleton, rate_limited_until) VALUES (true, now() + $1::interval)
+        "INSERT INTO flex_sync_private.flex_state (singleton, rate_limited_until) VALUES (true, clock_timestamp() + $1::interval)
          ON CONFLICT (singleton) DO UPDATE SET rate_limited_until = EXCLUDED.rate_limited_until",
         &[RATE_LIMIT_PAUSE.into()],
     )
@@ -218,12 +218,15 @@ pub fn call_context(job: &str) -> Result<CallContext> {
 }
 
 /// Takes the crew call's advisory lock for the rest of the transaction (`wait` false: only if
-/// free). The lock's key is `flex_sync_private.item_lock()`, which the queue shares.
+/// free). Its key is `flex_sync_private.item_lock()`'s, which the queue uses; it is spelled out
+/// here because the library is replaced before `ALTER EXTENSION flex_sync UPDATE` runs, and a
+/// sync must keep working against the previous release's SQL in between (a queue test holds
+/// the lock by item_lock() and sees this sync find it busy).
 pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> {
     let sql = if wait {
-        "SELECT pg_advisory_xact_lock(k.classid, k.objid) IS NOT NULL FROM flex_sync_private.item_lock($1::uuid, $2) k"
+        "SELECT pg_advisory_xact_lock(x'464C5853'::integer, hashtext($1::uuid::text || '/' || $2)) IS NOT NULL"
     } else {
-        "SELECT pg_try_advisory_xact_lock(k.classid, k.objid) FROM flex_sync_private.item_lock($1::uuid, $2) k"
+        "SELECT pg_try_advisory_xact_lock(x'464C5853'::integer, hashtext($1::uuid::text || '/' || $2))"
     };
     Ok(first_value_prepared::<bool>(sql, &[job.into(), department.into()])?.unwrap_or(false))
 }
