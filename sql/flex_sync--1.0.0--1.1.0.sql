@@ -82,6 +82,7 @@ $$;
 CREATE FUNCTION flex_sync_private.queue_run_start(max_jobs integer, max_seconds integer, max_attempts integer)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -105,6 +106,7 @@ $$;
 CREATE FUNCTION flex_sync_private.queue_run_step(run jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -168,10 +168,12 @@ $$;
 
 -- A run of the queue is a jsonb state handed from step to step, so that the function form and
 -- the procedure pick, sync, back off and prune by the same code; the procedure commits between
--- steps. queue_run_start checks the limits and returns the first state.
+-- steps. The steps are SECURITY DEFINER, so that a role the owner grants the procedure and them
+-- needs nothing else. queue_run_start checks the limits and returns the first state.
 CREATE FUNCTION flex_sync_private.queue_run_start(max_jobs integer, max_seconds integer, max_attempts integer)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -209,6 +211,7 @@ $$;
 CREATE FUNCTION flex_sync_private.queue_run_step(run jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -398,8 +401,8 @@ $$;
 -- The queue for schedulers (pg_cron runs CALL): the same steps, committing after each, so an
 -- item's lock, rows and log row are released and visible as soon as it is done. Refused inside a
 -- transaction block (2D000) before anything is synced. A procedure that commits can be neither
--- SECURITY DEFINER nor carry SET search_path, so it runs as its caller (the owner: it uses the
--- private schema) and names everything with its schema.
+-- SECURITY DEFINER nor carry SET search_path, so it runs as its caller and names everything with
+-- its schema; its steps run as the owner.
 CREATE PROCEDURE flex_sync_run_queue(max_jobs integer DEFAULT 50, max_seconds integer DEFAULT 50,
                                      max_attempts integer DEFAULT 8, INOUT report jsonb DEFAULT NULL)
 LANGUAGE plpgsql

@@ -168,6 +168,8 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
             format!("flex_sync_private.on_assignment_change() {path} "),
             format!("flex_sync_private.on_crew_call_change() {path} "),
             format!("flex_sync_private.on_resource_change() {path} "),
+            format!("flex_sync_private.queue_run_start(integer,integer,integer) {path} "),
+            format!("flex_sync_private.queue_run_step(jsonb) {path} "),
             format!("flex_sync_requeue(uuid) {path} "),
             format!("flex_sync_resume() {path} "),
         ]
@@ -501,4 +503,45 @@ fn on_the_live_app_schema_a_profile_change_marks_only_jobs_that_have_not_ended()
         .unwrap()
         .get(0);
     assert!(sim.contacts(&element).iter().any(|(_, resource, _)| resource == "res-live-3-new"));
+}
+
+/// A role that is not the owner (a self-hosted Supabase's `postgres` when `supabase_admin` made
+/// the extension) runs the procedure once granted it and its two steps, as the README says, and
+/// nothing of the private schema's tables; without the grants it is refused.
+#[test]
+fn a_role_granted_the_procedure_and_its_steps_runs_the_queue() {
+    let (_db, mut client) = installed_under("acl_scheduler", DefaultPrivileges::SupabasePlatform);
+    let sim = Sim::start();
+    configure(&mut client, &sim, json!({}));
+    client.batch_execute("SELECT flex_sync_enable_queue()").unwrap();
+    let job = create_job(&mut client, &["sound"], &[("sound", "SND-PA-T")]);
+    client
+        .batch_execute("DO $$ BEGIN CREATE ROLE flex_scheduler_test; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        .unwrap();
+    client.batch_execute("SET ROLE flex_scheduler_test").unwrap();
+    let refused = client.simple_query("CALL flex_sync_run_queue()").unwrap_err();
+    assert_eq!(refused.as_db_error().unwrap().code().code(), "42501", "{refused}");
+    client
+        .batch_execute(
+            "RESET ROLE;
+             GRANT USAGE ON SCHEMA flex_sync_private TO flex_scheduler_test;
+             GRANT EXECUTE ON PROCEDURE flex_sync_run_queue(integer, integer, integer, jsonb) TO flex_scheduler_test;
+             GRANT EXECUTE ON FUNCTION flex_sync_private.queue_run_start(integer, integer, integer),
+                                       flex_sync_private.queue_run_step(jsonb) TO flex_scheduler_test;
+             SET ROLE flex_scheduler_test;",
+        )
+        .unwrap();
+    let report = run_queue(&mut client, "");
+    assert_eq!(report["synced"], 1, "{report}");
+    let tables = client.simple_query("SELECT count(*) FROM flex_sync_private.dirty").unwrap_err();
+    assert_eq!(tables.as_db_error().unwrap().code().code(), "42501", "{tables}");
+    client.batch_execute("RESET ROLE").unwrap();
+    assert_converged(&mut client, &sim, &job);
+    // The grants are not the extension's: the check lists them, and an update would take them back.
+    let listed: i64 = client
+        .query_one("SELECT count(*) FROM flex_sync_private.unintended_grants() WHERE grantee = 'flex_scheduler_test'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(listed, 4);
+    client.batch_execute("SELECT flex_sync_private.restrict_acls(); DROP OWNED BY flex_scheduler_test").unwrap();
 }
