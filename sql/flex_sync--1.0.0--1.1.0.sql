@@ -214,8 +214,8 @@ BEGIN
             status := result -> 'summary' -> item.department ->> 'status';
             IF status IN ('failed', 'partial') THEN
                 failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
-            ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'note' = 'no crew call mapping' THEN
-                failure := 'no crew call mapping';
+            ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'skip' = 'no_crew_call' THEN
+                failure := 'no_crew_call: the job has no crew call for the department';
             ELSIF status IS NULL THEN
                 failure := 'no result for department ' || item.department;
             END IF;

@@ -10,32 +10,10 @@ use std::time::{Duration, Instant};
 
 use flex_sync_core::endpoints::{FlexCall, Method};
 use flex_sync_core::flex_response::{is_budget_exhausted, parse_added_line_id};
+use flex_sync_core::protocol::{Answer, ErrorCode, Failure, Outcome, Request};
 use flex_sync_core::settings::{check_resolved, DestinationRefused, FlexOrigin, Options};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
-
-/// What became of one Flex call.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// A 2xx answer with its body.
-    Success(Vec<u8>),
-    Failure(Failure),
-}
-
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// A stable code for summaries and the log: `flex_timeout`, `flex_http_503`, ...
-    pub code: String,
-    pub status: Option<u16>,
-    /// True when Flex may have applied the call although we saw no success.
-    pub ambiguous: bool,
-}
-
-impl Failure {
-    fn new(code: impl Into<String>, status: Option<u16>, ambiguous: bool) -> Failure {
-        Failure { code: code.into(), status, ambiguous }
-    }
-}
 
 /// What the workers of one sync count and obey together: calls, the deadline, the budget flag.
 struct SyncBudget {
@@ -88,17 +66,8 @@ impl FlexClient {
         self.worker.budget.calls.load(Ordering::SeqCst)
     }
 
-    pub fn call(&self, call: FlexCall, wait: &dyn Fn()) -> Outcome {
-        self.call_all(vec![call], wait).pop().expect("one call gives one outcome")
-    }
-
-    pub fn call_all(&self, calls: Vec<FlexCall>, wait: &dyn Fn()) -> Vec<Outcome> {
-        let requests = calls.into_iter().map(|call| Request { call, role_after_add: None }).collect();
-        self.send_all(requests, wait).into_iter().map(|a| a.outcome).collect()
-    }
-
-    /// Runs the requests with up to `max_parallel_requests` in flight; answers come back in
-    /// order. `wait` runs on this thread between polls: it is where the caller checks for
+    /// Runs the requests with up to `max_parallel_requests` in flight; each answer carries its
+    /// request's tag. `wait` runs on this thread between polls: it is where the caller checks for
     /// interrupts.
     pub fn send_all(&self, requests: Vec<Request>, wait: &dyn Fn()) -> Vec<Answer> {
         let total = requests.len();
@@ -106,6 +75,7 @@ impl FlexClient {
             return Vec::new();
         }
         let started = Instant::now();
+        let tags: Vec<_> = requests.iter().map(|r| r.tag).collect();
         let tasks = requests
             .into_iter()
             .enumerate()
@@ -131,8 +101,9 @@ impl FlexClient {
             });
         }
         drop(tx);
-        let mut answers: Vec<Answer> = (0..total)
-            .map(|_| Answer { outcome: Outcome::Failure(Failure::new("flex_worker_lost", None, true)), role: None })
+        let mut answers: Vec<Answer> = tags
+            .into_iter()
+            .map(|tag| Answer { tag, outcome: Outcome::Failure(Failure::new(ErrorCode::WorkerLost, None, true)), role: None })
             .collect();
         let (mut expected, mut received) = (total, 0);
         while received < expected {
@@ -214,19 +185,6 @@ enum Message {
 struct Done {
     message: Message,
     follow_up: Option<Task>,
-}
-
-/// A call, and for an add the business role to give the new line: it is sent as soon as the add
-/// answers with a line id, without waiting for the rest of the batch.
-pub struct Request {
-    pub call: FlexCall,
-    pub role_after_add: Option<String>,
-}
-
-pub struct Answer {
-    pub outcome: Outcome,
-    /// The outcome of the follow-up role call, when one was sent.
-    pub role: Option<Outcome>,
 }
 
 /// One agent per backend, connect timeout and loopback switch: building one sets up TLS, and
@@ -318,8 +276,8 @@ impl Worker {
             let Outcome::Failure(failure) = &outcome else { return outcome };
             let retryable = call.is_idempotent()
                 && attempt < self.options.retry_max_attempts
-                && (failure.code == "flex_timeout"
-                    || failure.code == "flex_connection"
+                && (failure.code == ErrorCode::Timeout
+                    || failure.code == ErrorCode::Connection
                     || matches!(failure.status, Some(429 | 500 | 502 | 503 | 504)));
             if !retryable {
                 return outcome;
@@ -334,15 +292,15 @@ impl Worker {
 
     fn attempt(&self, call: &FlexCall) -> Outcome {
         if self.budget.rate_limited.load(Ordering::SeqCst) {
-            return Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false));
+            return Outcome::Failure(Failure::new(ErrorCode::RateLimited, Some(429), false));
         }
         let now = Instant::now();
         let Some(left) = self.budget.deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
-            return Outcome::Failure(Failure::new("flex_deadline", None, false));
+            return Outcome::Failure(Failure::new(ErrorCode::Deadline, None, false));
         };
         if self.budget.calls.fetch_add(1, Ordering::SeqCst) >= self.budget.max_calls {
             self.budget.calls.fetch_sub(1, Ordering::SeqCst);
-            return Outcome::Failure(Failure::new("flex_call_budget", None, false));
+            return Outcome::Failure(Failure::new(ErrorCode::CallBudget, None, false));
         }
         let timeout = left.min(Duration::from_millis(self.options.request_timeout_ms));
         let url = call.url(&self.origin);
@@ -383,7 +341,7 @@ impl Worker {
         let body = match body {
             Ok(body) => body,
             Err(ureq::Error::BodyExceedsLimit(_)) => {
-                return Outcome::Failure(Failure::new("flex_response_too_large", Some(status), may_have_applied))
+                return Outcome::Failure(Failure::new(ErrorCode::ResponseTooLarge, Some(status), may_have_applied))
             }
             Err(error) => return Outcome::Failure(classify_transport_error(&error, may_have_applied)),
         };
@@ -394,12 +352,12 @@ impl Worker {
             },
             429 if is_budget_exhausted(&body) => {
                 self.budget.rate_limited.store(true, Ordering::SeqCst);
-                Outcome::Failure(Failure::new("flex_rate_limited", Some(429), false))
+                Outcome::Failure(Failure::new(ErrorCode::RateLimited, Some(429), false))
             }
-            300..=399 => Outcome::Failure(Failure::new("flex_redirect_refused", Some(status), false)),
-            401 | 403 => Outcome::Failure(Failure::new("flex_unauthorized", Some(status), false)),
-            500..=599 => Outcome::Failure(Failure::new(format!("flex_http_{status}"), Some(status), may_have_applied)),
-            _ => Outcome::Failure(Failure::new(format!("flex_http_{status}"), Some(status), false)),
+            300..=399 => Outcome::Failure(Failure::new(ErrorCode::RedirectRefused, Some(status), false)),
+            401 | 403 => Outcome::Failure(Failure::new(ErrorCode::Unauthorized, Some(status), false)),
+            500..=599 => Outcome::Failure(Failure::new(ErrorCode::Http(status), Some(status), may_have_applied)),
+            _ => Outcome::Failure(Failure::new(ErrorCode::Http(status), Some(status), false)),
         }
     }
 
@@ -410,18 +368,18 @@ impl Worker {
 
 /// A 2xx is trusted only with an empty or JSON body: area-tecnica saw Flex-fronting proxies
 /// answer 200 with an HTML login page, and an error object can arrive with a 200 too.
-fn success_body_problem(body: &[u8]) -> Option<&'static str> {
+fn success_body_problem(body: &[u8]) -> Option<ErrorCode> {
     let body = body.trim_ascii();
     match body.first() {
         None => None,
         Some(b'{') => match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(value) if value.get("exceptionMessage").is_some() => Some("flex_error_in_body"),
+            Ok(value) if value.get("exceptionMessage").is_some() => Some(ErrorCode::ErrorInBody),
             Ok(_) => None,
-            Err(_) => Some("flex_bad_response"),
+            Err(_) => Some(ErrorCode::BadResponse),
         },
         Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             Ok(_) => None,
-            Err(_) => Some("flex_bad_response"),
+            Err(_) => Some(ErrorCode::BadResponse),
         },
     }
 }
@@ -431,19 +389,19 @@ fn success_body_problem(body: &[u8]) -> Option<&'static str> {
 fn classify_transport_error(error: &ureq::Error, may_have_applied: bool) -> Failure {
     match error {
         ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
-            Failure::new("flex_connect_timeout", None, false)
+            Failure::new(ErrorCode::ConnectTimeout, None, false)
         }
-        ureq::Error::Timeout(_) => Failure::new("flex_timeout", None, may_have_applied),
+        ureq::Error::Timeout(_) => Failure::new(ErrorCode::Timeout, None, may_have_applied),
         // Refused before any connection, so nothing was sent.
         ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<DestinationRefused>()) => {
-            Failure::new("flex_destination_refused", None, false)
+            Failure::new(ErrorCode::DestinationRefused, None, false)
         }
-        ureq::Error::HostNotFound => Failure::new("flex_host_not_found", None, false),
-        ureq::Error::ConnectionFailed => Failure::new("flex_connection", None, false),
+        ureq::Error::HostNotFound => Failure::new(ErrorCode::HostNotFound, None, false),
+        ureq::Error::ConnectionFailed => Failure::new(ErrorCode::Connection, None, false),
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            Failure::new("flex_connection", None, false)
+            Failure::new(ErrorCode::Connection, None, false)
         }
-        _ => Failure::new("flex_connection", None, may_have_applied),
+        _ => Failure::new(ErrorCode::Connection, None, may_have_applied),
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine};
+use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine, OrphanPolicy};
+use flex_sync_core::protocol::{CrewInput, LineRecord, Writes};
 use flex_sync_core::roles::RoleMap;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -231,18 +232,15 @@ pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> 
     Ok(first_value_prepared::<bool>(sql, &[job.into(), department.into()])?.unwrap_or(false))
 }
 
-/// Everything the plan of one crew call needs from the database, read after the lock is held.
+/// A crew call as the database holds it, read after the lock is held: its id, and the
+/// protocol's input.
 pub struct StoredCrew {
     pub id: String,
-    pub flex_element_id: String,
-    pub desired: Vec<DesiredTech>,
-    pub rows: Vec<DbRow>,
-    pub known: HashMap<String, KnownLine>,
-    pub roles: RoleMap,
+    pub input: CrewInput,
 }
 
 /// One statement for the whole read: it is most of a no-change sync's database time.
-pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
+pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy) -> Result<Option<StoredCrew>> {
     #[derive(Deserialize)]
     struct Desired {
         t: String,
@@ -298,9 +296,10 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
         for line in s.audited.unwrap_or_default() {
             known.entry(line).or_default().created_by_sync = true;
         }
-        StoredCrew {
-            id: s.id,
+        let input = CrewInput {
+            department: department.to_string(),
             flex_element_id: s.element,
+            orphan_policy,
             desired: s
                 .desired
                 .unwrap_or_default()
@@ -316,11 +315,21 @@ pub fn load_crew(job: &str, department: &str) -> Result<Option<StoredCrew>> {
                     .filter_map(|(tier, id)| Some((tier.chars().next()?, id)))
                     .collect(),
             ),
-        }
+        };
+        StoredCrew { id: s.id, input }
     }))
 }
 
-pub fn delete_rows_of_technicians(crew_call: &str, technicians: &[String]) -> Result<()> {
+/// Records what Flex confirmed for one crew call, in the order the protocol's writes name.
+pub fn write_outcome(crew_call: &str, element: &str, writes: &Writes) -> Result<()> {
+    delete_rows_of_technicians(crew_call, &writes.stale_technicians)?;
+    delete_rows_of_lines(crew_call, &writes.deleted_lines)?;
+    upsert_rows(crew_call, &writes.rows)?;
+    forget_lines(&writes.deleted_lines)?;
+    record_lines(element, &writes.line_records)
+}
+
+fn delete_rows_of_technicians(crew_call: &str, technicians: &[String]) -> Result<()> {
     if technicians.is_empty() {
         return Ok(());
     }
@@ -331,7 +340,7 @@ pub fn delete_rows_of_technicians(crew_call: &str, technicians: &[String]) -> Re
     )
 }
 
-pub fn delete_rows_of_lines(crew_call: &str, lines: &[String]) -> Result<()> {
+fn delete_rows_of_lines(crew_call: &str, lines: &[String]) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -344,7 +353,7 @@ pub fn delete_rows_of_lines(crew_call: &str, lines: &[String]) -> Result<()> {
 
 /// The only way the sync writes an assignment row: ON CONFLICT, so concurrent writers (the app,
 /// an old Edge Function still deployed) can never make a second row for one technician.
-pub fn upsert_rows(crew_call: &str, rows: &[(String, String)]) -> Result<()> {
+fn upsert_rows(crew_call: &str, rows: &[(String, String)]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -361,14 +370,7 @@ pub fn upsert_rows(crew_call: &str, rows: &[(String, String)]) -> Result<()> {
 
 /// A Flex line the sync now knows: `created_by_sync` is kept true once set; `applied_role` is
 /// replaced only when a role was sent.
-pub struct LineRecord {
-    pub line_id: String,
-    pub resource_id: String,
-    pub created_by_sync: bool,
-    pub applied_role: Option<String>,
-}
-
-pub fn record_lines(element: &str, records: &[LineRecord]) -> Result<()> {
+fn record_lines(element: &str, records: &[LineRecord]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
@@ -388,7 +390,7 @@ pub fn record_lines(element: &str, records: &[LineRecord]) -> Result<()> {
     )
 }
 
-pub fn forget_lines(lines: &[String]) -> Result<()> {
+fn forget_lines(lines: &[String]) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }

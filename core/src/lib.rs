@@ -5,5 +5,6 @@ pub mod endpoints;
 pub mod flex_response;
 pub mod input;
 pub mod plan;
+pub mod protocol;
 pub mod roles;
 pub mod settings;

@@ -4,3 +4,4 @@
 pub mod edge_function;
 pub mod harness;
 pub mod sim;
+pub mod storm;

@@ -103,6 +103,7 @@ fn fault_matrix_never_corrupts_and_the_next_clean_sync_converges() {
 fn pg_cancel_backend_stops_a_sync_stuck_on_a_hanging_call_within_a_second() {
     let (db, sim, job, mut client) = setup("cancel", json!({"request_timeout_ms": 60000, "sync_deadline_ms": 60000}));
     sim.set_faults(json!([{"endpoint": "list", "kind": "hang", "ms": 30000}]));
+    sim.reset_calls();
     let conninfo = db.conninfo.clone();
     let job_id = job.id.clone();
     let victim = std::thread::spawn(move || {
@@ -112,7 +113,7 @@ fn pg_cancel_backend_stops_a_sync_stuck_on_a_hanging_call_within_a_second() {
         let result = c.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job_id]).map(|_| ());
         (pid, started.elapsed(), result)
     });
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for("the sync to hang on its listing", Duration::from_secs(10), || sim.calls().get("list").copied().unwrap_or(0) >= 1);
     let cancel_at = Instant::now();
     let cancelled: bool = client
         .query_one(

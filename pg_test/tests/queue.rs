@@ -19,12 +19,14 @@ fn pending_in_background(conninfo: &str) -> std::thread::JoinHandle<Value> {
     std::thread::spawn(move || pending(&mut Client::connect(&conninfo, postgres::NoTls).unwrap()))
 }
 
-/// flex_sync_pending() while its listing call is held for 1 s, with `during` run 300 ms in:
-/// after the sync read the crew, before the scheduler clears the marks it saw. Its report.
+/// flex_sync_pending() while its listing call is held for 1 s, with `during` run once Flex has
+/// that call: after the sync read the crew, before the scheduler clears the marks it saw. Its
+/// report.
 fn pending_while_listing_is_held(db: &TestDb, sim: &Sim, during: impl FnOnce()) -> Value {
     sim.set_faults(json!([{"endpoint": "list", "kind": "latency", "ms": 1000, "times": 1}]));
+    sim.reset_calls();
     let scheduler = pending_in_background(&db.conninfo);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the sync's listing to reach Flex", Duration::from_secs(10), || sim.calls().get("list").copied().unwrap_or(0) >= 1);
     during();
     scheduler.join().unwrap()
 }

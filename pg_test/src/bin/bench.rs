@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use flex_sync_pg_test::edge_function::EdgeFunction;
 use flex_sync_pg_test::harness::*;
+use flex_sync_pg_test::storm::{storm, Engine as StormEngine, Outcome as StormOutcome};
 use postgres::{Client, NoTls};
 use serde_json::{json, Value};
 
@@ -533,6 +534,27 @@ fn dedupe(b: &mut Bench) {
     b.line("run with the default work_mem).");
 }
 
+/// The storm, flex_sync against the Edge Function replica with and without the unique constraint.
+fn storm_comparison(b: &mut Bench) {
+    b.line("\n## 7. The storm: 16 connections churning three jobs for 6 s, then one final sync per job\n");
+    let ours = storm(StormEngine::FlexSync, "bench_storm_ours", true);
+    let edge = storm(StormEngine::EdgeFunction, "bench_storm_edge", true);
+    let edge_old = storm(StormEngine::EdgeFunction, "bench_storm_edge_old", false);
+    let rows: [(&str, fn(&StormOutcome) -> String); 6] = [
+        ("syncs during the storm", |o| o.syncs.to_string()),
+        ("duplicate flex_crew_assignments rows", |o| o.duplicate_rows.to_string()),
+        ("duplicate Flex contacts", |o| o.duplicate_contacts.to_string()),
+        ("desired technicians missing in Flex", |o| o.missing_crew.to_string()),
+        ("contacts in Flex that are not desired", |o| o.extra_contacts.to_string()),
+        ("DB rows pointing at no Flex contact", |o| o.rows_not_matching_flex.to_string()),
+    ];
+    b.line("| after the storm and one final sync per job | flex_sync | Edge Function replica | Edge Function replica, no unique constraint |");
+    b.line("|---|---|---|---|");
+    for (label, value) in rows {
+        b.line(&format!("| {label} | {} | {} | {} |", value(&ours), value(&edge), value(&edge_old)));
+    }
+}
+
 /// A named part of the benchmarks, run alone with `bench.sh <name>`.
 type Section = fn(&mut Bench);
 
@@ -558,13 +580,14 @@ fn main() {
     );
     b.line(&header);
     let only = std::env::args().nth(1);
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("calls", flex_calls),
         ("wall", wall_time),
         ("cost", database_cost),
         ("queue", queue_drain),
         ("dedupe", dedupe),
         ("click", interactive_during_run),
+        ("storm", storm_comparison),
     ];
     for (name, section) in sections {
         if only.as_deref().is_none_or(|o| o == name) {

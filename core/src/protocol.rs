@@ -1,0 +1,981 @@
+//! The sync of one crew call as a state machine without I/O. It is given what the database holds
+//! ([`CrewInput`]), asks for Flex calls ([`Step::Send`]), is fed their answers, tagged by what
+//! they answer, and ends with the writes that record exactly what Flex confirmed and the report
+//! ([`Step::Done`]). The caller runs the calls and the writes and decides nothing.
+//!
+//! The order: one listing (a failed one ends the sync with nothing changed); the plan; adds (each
+//! with its role), deletes and role changes together; a bulk delete the tenant refuses is sent
+//! again line by line; adds whose outcome is unknown are looked up in one more listing before any
+//! is sent again, so no resource gets a second contact; adds confirmed only by that listing get
+//! their role last.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde_json::{json, Value};
+
+use crate::endpoints::FlexCall;
+use crate::flex_response::{parse_added_line_id, parse_listing};
+use crate::plan::{plan, resolve_ambiguous_adds, Add, CrewState, DbRow, DeleteReason, DesiredTech, KnownLine, OrphanPolicy, Plan};
+use crate::roles::RoleMap;
+
+/// Why a Flex call failed, as summaries, the log and the queue name it. The strings are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Timeout,
+    ConnectTimeout,
+    Connection,
+    HostNotFound,
+    DestinationRefused,
+    /// Any other HTTP status Flex answered with.
+    Http(u16),
+    RateLimited,
+    Unauthorized,
+    RedirectRefused,
+    CallBudget,
+    Deadline,
+    ResponseTooLarge,
+    BadListing,
+    BadResponse,
+    ErrorInBody,
+    AddUnconfirmed,
+    WorkerLost,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ErrorCode::Http(status) => return write!(f, "flex_http_{status}"),
+            ErrorCode::Timeout => "flex_timeout",
+            ErrorCode::ConnectTimeout => "flex_connect_timeout",
+            ErrorCode::Connection => "flex_connection",
+            ErrorCode::HostNotFound => "flex_host_not_found",
+            ErrorCode::DestinationRefused => "flex_destination_refused",
+            ErrorCode::RateLimited => "flex_rate_limited",
+            ErrorCode::Unauthorized => "flex_unauthorized",
+            ErrorCode::RedirectRefused => "flex_redirect_refused",
+            ErrorCode::CallBudget => "flex_call_budget",
+            ErrorCode::Deadline => "flex_deadline",
+            ErrorCode::ResponseTooLarge => "flex_response_too_large",
+            ErrorCode::BadListing => "flex_bad_listing",
+            ErrorCode::BadResponse => "flex_bad_response",
+            ErrorCode::ErrorInBody => "flex_error_in_body",
+            ErrorCode::AddUnconfirmed => "flex_add_unconfirmed",
+            ErrorCode::WorkerLost => "flex_worker_lost",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub status: Option<u16>,
+    /// True when Flex may have applied the call although no success came back.
+    pub ambiguous: bool,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, status: Option<u16>, ambiguous: bool) -> Failure {
+        Failure { code, status, ambiguous }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx answer with its body.
+    Success(Vec<u8>),
+    Failure(Failure),
+}
+
+/// What a call answers. Indices are positions in the plan's adds, deletes and role changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tag {
+    Listing,
+    Add(usize),
+    /// One bulk delete of every planned delete.
+    Deletes,
+    Delete(usize),
+    SetRole(usize),
+    /// The listing that settles adds whose outcome is unknown.
+    Relisting,
+    /// The one more add of a resource the relisting showed Flex did not add.
+    AddAgain(usize),
+    /// The role of an add the relisting confirmed (its add went without one).
+    RoleOfAdd(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub tag: Tag,
+    pub call: FlexCall,
+    /// A business role to set on the new line as soon as Flex answers the add with its id.
+    pub role_after_add: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub tag: Tag,
+    pub outcome: Outcome,
+    /// The outcome of the follow-up role call, when one was sent.
+    pub role: Option<Outcome>,
+}
+
+/// Everything the sync of one crew call needs from the database, read under its lock.
+#[derive(Debug, Clone, Default)]
+pub struct CrewInput {
+    pub department: String,
+    pub flex_element_id: String,
+    pub desired: Vec<DesiredTech>,
+    pub rows: Vec<DbRow>,
+    pub known: std::collections::HashMap<String, KnownLine>,
+    pub roles: RoleMap,
+    pub orphan_policy: OrphanPolicy,
+}
+
+/// What the extension records about a Flex line it made or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineRecord {
+    pub line_id: String,
+    pub resource_id: String,
+    pub created_by_sync: bool,
+    pub applied_role: Option<String>,
+}
+
+/// The database writes that record what Flex confirmed, applied in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Technicians whose row points at a line Flex no longer has.
+    pub stale_technicians: Vec<String>,
+    /// Lines Flex deleted (or had already deleted): their rows and records go.
+    pub deleted_lines: Vec<String>,
+    /// (technician, line) rows to insert or repoint: adopted contacts and confirmed adds.
+    pub rows: Vec<(String, String)>,
+    pub line_records: Vec<LineRecord>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.stale_technicians.is_empty() && self.deleted_lines.is_empty() && self.rows.is_empty() && self.line_records.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Listed, and some change failed.
+    Partial,
+    /// The listing failed: nothing was changed.
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Partial => "partial",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// Why a department was not synced. `code` is what the queue reads; `note` is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Another sync holds the crew call's lock.
+    Busy,
+    /// The job has no crew call for the department.
+    NoCrewCall,
+}
+
+impl Skip {
+    pub fn code(self) -> &'static str {
+        match self {
+            Skip::Busy => "busy",
+            Skip::NoCrewCall => "no_crew_call",
+        }
+    }
+
+    pub fn note(self) -> &'static str {
+        match self {
+            Skip::Busy => "another sync of this crew call is running",
+            Skip::NoCrewCall => "no crew call mapping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+    pub roles_set: usize,
+    pub failed_adds: usize,
+    pub adopted: usize,
+    pub stale_removed: usize,
+    pub duplicates_removed: usize,
+    pub orphans_removed: usize,
+    pub desired_count: usize,
+    pub current_count: usize,
+    pub errors: Vec<(ErrorCode, String)>,
+    pub diagnostics: Vec<String>,
+    pub listed: bool,
+    pub skip: Option<Skip>,
+}
+
+/// What the caller measured about the sync, for its summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    pub flex_calls: u64,
+    pub duration_ms: u64,
+    pub lock_wait_ms: u64,
+    /// Everything but waiting for the lock and for Flex: the database-side cost.
+    pub own_work_us: u64,
+}
+
+impl Report {
+    pub fn skipped(skip: Skip) -> Report {
+        Report { skip: Some(skip), ..Report::default() }
+    }
+
+    fn error(&mut self, code: ErrorCode, what: String) {
+        self.errors.push((code, what));
+    }
+
+    pub fn status(&self) -> Status {
+        match (self.skip, self.listed, self.errors.is_empty()) {
+            (Some(_), _, _) => Status::Skipped,
+            (None, false, _) => Status::Failed,
+            (None, true, true) => Status::Ok,
+            (None, true, false) => Status::Partial,
+        }
+    }
+
+    /// Each error as "<code>: <what>", the code first so that it can be read back.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.errors.iter().map(|(code, what)| format!("{code}: {what}")).collect()
+    }
+
+    /// The department's entry of `flex_sync_job`'s summary (the Edge Function's shape, plus ours).
+    pub fn summary(&self, measured: Measured) -> Value {
+        let mut summary = json!({
+            "status": self.status().as_str(),
+            "added": self.added,
+            "removed": self.removed,
+            "kept": self.kept,
+            "rolesSet": self.roles_set,
+            "failedAdds": self.failed_adds,
+            "desired_count": self.desired_count,
+            "current_count": self.current_count,
+            "adopted": self.adopted,
+            "stale_removed": self.stale_removed,
+            "duplicates_removed": self.duplicates_removed,
+            "orphans_removed": self.orphans_removed,
+            "flex_calls": measured.flex_calls,
+            "duration_ms": measured.duration_ms,
+            "lock_wait_ms": measured.lock_wait_ms,
+            "own_work_us": measured.own_work_us,
+            "errors": self.error_lines(),
+            "business_role_diagnostics": self.diagnostics,
+        });
+        if let Some(skip) = self.skip {
+            summary["skip"] = json!(skip.code());
+            summary["note"] = json!(skip.note());
+        }
+        summary
+    }
+}
+
+#[derive(Debug)]
+pub enum Step {
+    /// Run these calls (in any order, in parallel) and feed every answer back.
+    Send(Vec<Request>),
+    Done(Box<Conclusion>),
+}
+
+#[derive(Debug)]
+pub struct Conclusion {
+    pub report: Report,
+    pub writes: Writes,
+}
+
+/// A contact Flex confirmed adding, and what became of its role, if one was sent.
+#[derive(Debug)]
+struct Added {
+    add: usize,
+    line: String,
+    role: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Listing,
+    Changes,
+    DeletesLineByLine,
+    Relisting,
+    AddsAgain,
+    RolesOfAdds,
+    Done,
+}
+
+pub struct Reconcile {
+    input: CrewInput,
+    phase: Phase,
+    plan: Plan,
+    report: Report,
+    writes: Writes,
+    /// Lines already accounted for: the first listing's, then every confirmed add's.
+    claimed: HashSet<String>,
+    added: Vec<Added>,
+    /// Adds whose answer did not say whether Flex applied them.
+    unknown_adds: Vec<usize>,
+    /// Answers to adds, kept while deletes are sent again line by line.
+    add_answers: Vec<Answer>,
+}
+
+impl Reconcile {
+    pub fn new(input: CrewInput) -> Reconcile {
+        let report = Report { desired_count: input.desired.len(), current_count: input.rows.len(), ..Report::default() };
+        Reconcile {
+            input,
+            phase: Phase::Start,
+            plan: Plan::default(),
+            report,
+            writes: Writes::default(),
+            claimed: HashSet::new(),
+            added: Vec::new(),
+            unknown_adds: Vec::new(),
+            add_answers: Vec::new(),
+        }
+    }
+
+    /// The next step, given the answers to the calls the previous step asked for (none at first).
+    pub fn step(&mut self, answers: Vec<Answer>) -> Step {
+        let requests = match self.phase {
+            Phase::Start => {
+                self.phase = Phase::Listing;
+                vec![self.listing(Tag::Listing)]
+            }
+            Phase::Listing => self.listed(answers),
+            Phase::Changes => self.changes_answered(answers),
+            Phase::DeletesLineByLine => {
+                self.apply_deletes(answers);
+                self.settle_adds()
+            }
+            Phase::Relisting => self.relisted(answers),
+            Phase::AddsAgain => {
+                self.added_again(answers);
+                self.roles_of_adds()
+            }
+            Phase::RolesOfAdds => {
+                for answer in answers {
+                    if let (Tag::RoleOfAdd(add), outcome) = (answer.tag, answer.outcome) {
+                        if let Some(added) = self.added.iter_mut().find(|a| a.add == add) {
+                            added.role = Some(outcome);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            Phase::Done => panic!("the sync of this crew call is over"),
+        };
+        if requests.is_empty() {
+            self.phase = Phase::Done;
+            Step::Done(Box::new(self.conclude()))
+        } else {
+            Step::Send(requests)
+        }
+    }
+
+    fn element(&self) -> String {
+        self.input.flex_element_id.clone()
+    }
+
+    fn listing(&self, tag: Tag) -> Request {
+        Request { tag, call: FlexCall::ListCrew { element: self.element() }, role_after_add: None }
+    }
+
+    fn add(&self, tag: Tag, add: &Add) -> Request {
+        Request {
+            tag,
+            call: FlexCall::AddContact { element: self.element(), resource: add.resource_id.clone() },
+            role_after_add: add.role_id.clone(),
+        }
+    }
+
+    fn listed(&mut self, answers: Vec<Answer>) -> Vec<Request> {
+        let listing = match answers.into_iter().find(|a| a.tag == Tag::Listing).map(|a| a.outcome) {
+            Some(Outcome::Success(body)) => match parse_listing(&body) {
+                Ok(listing) => listing,
+                Err(_) => return self.listing_failed(ErrorCode::BadListing),
+            },
+            Some(Outcome::Failure(f)) => return self.listing_failed(f.code),
+            None => return self.listing_failed(ErrorCode::WorkerLost),
+        };
+        self.report.listed = true;
+        self.plan = plan(&CrewState {
+            department: &self.input.department,
+            desired: &self.input.desired,
+            rows: &self.input.rows,
+            listing: &listing,
+            known: &self.input.known,
+            roles: &self.input.roles,
+            orphan_policy: self.input.orphan_policy,
+        });
+        self.report.diagnostics = self.plan.diagnostics.clone();
+        self.report.kept = self.plan.kept;
+        self.report.adopted = self.plan.adoptions.len();
+        self.report.stale_removed = self.plan.stale_rows.len();
+        self.writes.stale_technicians = self.plan.stale_rows.clone();
+        self.writes.rows = self.plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
+        self.claimed = listing.contacts.iter().map(|c| c.line_id.clone()).collect();
+
+        let mut requests: Vec<Request> =
+            self.plan.adds.iter().enumerate().map(|(i, add)| self.add(Tag::Add(i), add)).collect();
+        requests.extend(match self.plan.deletes.as_slice() {
+            [] => None,
+            [only] => Some(Request { tag: Tag::Delete(0), call: FlexCall::DeleteLine { line: only.line_id.clone() }, role_after_add: None }),
+            many => Some(Request {
+                tag: Tag::Deletes,
+                call: FlexCall::DeleteLines { lines: many.iter().map(|d| d.line_id.clone()).collect() },
+                role_after_add: None,
+            }),
+        });
+        requests.extend(self.plan.role_sets.iter().enumerate().map(|(i, r)| Request {
+            tag: Tag::SetRole(i),
+            call: FlexCall::SetRole { element: self.element(), line: r.line_id.clone(), role: r.role_id.clone() },
+            role_after_add: None,
+        }));
+        self.phase = Phase::Changes;
+        requests
+    }
+
+    fn listing_failed(&mut self, code: ErrorCode) -> Vec<Request> {
+        self.report.error(code, "listing the crew call failed; nothing was changed".to_string());
+        Vec::new()
+    }
+
+    fn changes_answered(&mut self, answers: Vec<Answer>) -> Vec<Request> {
+        let mut deletes = Vec::new();
+        for answer in answers {
+            match answer.tag {
+                Tag::Add(_) => self.add_answers.push(answer),
+                Tag::SetRole(i) => {
+                    let role = self.plan.role_sets[i].clone();
+                    if self.role_applied(&answer.outcome, format!("business role of line {} not set", role.line_id)) {
+                        self.writes.line_records.push(LineRecord {
+                            line_id: role.line_id,
+                            resource_id: role.resource_id,
+                            created_by_sync: false,
+                            applied_role: Some(role.role_id),
+                        });
+                    }
+                }
+                _ => deletes.push(answer),
+            }
+        }
+        // Bulk delete is not documented: a tenant that refuses it as a request (a 4xx other than
+        // auth and rate limits) gets every line again as a single delete.
+        let refused = deletes.iter().any(|a| {
+            a.tag == Tag::Deletes
+                && matches!(&a.outcome, Outcome::Failure(f)
+                    if f.status.is_some_and(|s| (400..500).contains(&s) && ![401, 403, 429].contains(&s)))
+        });
+        if refused {
+            self.phase = Phase::DeletesLineByLine;
+            return (0..self.plan.deletes.len())
+                .map(|i| Request {
+                    tag: Tag::Delete(i),
+                    call: FlexCall::DeleteLine { line: self.plan.deletes[i].line_id.clone() },
+                    role_after_add: None,
+                })
+                .collect();
+        }
+        self.apply_deletes(deletes);
+        self.settle_adds()
+    }
+
+    /// The outcome of every planned delete, from a bulk answer or from single ones.
+    fn apply_deletes(&mut self, answers: Vec<Answer>) {
+        let mut outcomes: BTreeMap<usize, Outcome> = BTreeMap::new();
+        for answer in answers {
+            match answer.tag {
+                Tag::Deletes => outcomes.extend((0..self.plan.deletes.len()).map(|i| (i, answer.outcome.clone()))),
+                Tag::Delete(i) => {
+                    outcomes.insert(i, answer.outcome);
+                }
+                _ => {}
+            }
+        }
+        for (i, outcome) in outcomes {
+            let delete = self.plan.deletes[i].clone();
+            let gone = match outcome {
+                Outcome::Success(_) => true,
+                // Already gone is what we wanted.
+                Outcome::Failure(f) if f.status == Some(404) => true,
+                Outcome::Failure(f) => {
+                    self.report.error(f.code, format!("delete of line {} failed", delete.line_id));
+                    false
+                }
+            };
+            if gone {
+                self.report.removed += 1;
+                match delete.reason {
+                    DeleteReason::Duplicate => self.report.duplicates_removed += 1,
+                    DeleteReason::Orphan => self.report.orphans_removed += 1,
+                    DeleteReason::NotDesired => {}
+                }
+                self.writes.deleted_lines.push(delete.line_id);
+            }
+        }
+    }
+
+    /// Adds answered with a line id are done; failed ones are reported; the rest are looked up.
+    fn settle_adds(&mut self) -> Vec<Request> {
+        let mut answers = std::mem::take(&mut self.add_answers);
+        answers.sort_by_key(|a| a.tag);
+        for answer in answers {
+            let Tag::Add(i) = answer.tag else { continue };
+            match answer.outcome {
+                Outcome::Success(body) => match parse_added_line_id(&body) {
+                    Some(line) => self.confirm_add(i, line, answer.role),
+                    None => self.unknown_adds.push(i),
+                },
+                Outcome::Failure(f) if f.ambiguous => self.unknown_adds.push(i),
+                Outcome::Failure(f) => self.add_failed(i, f.code),
+            }
+        }
+        if self.unknown_adds.is_empty() {
+            return self.roles_of_adds();
+        }
+        self.phase = Phase::Relisting;
+        vec![self.listing(Tag::Relisting)]
+    }
+
+    fn relisted(&mut self, answers: Vec<Answer>) -> Vec<Request> {
+        let unknown = std::mem::take(&mut self.unknown_adds);
+        let listing = match answers.into_iter().find(|a| a.tag == Tag::Relisting).map(|a| a.outcome) {
+            Some(Outcome::Success(body)) => parse_listing(&body).ok(),
+            _ => None,
+        };
+        let Some(listing) = listing else {
+            for i in unknown {
+                self.report.failed_adds += 1;
+                let tech = &self.plan.adds[i].technician_id;
+                self.report.error(
+                    ErrorCode::AddUnconfirmed,
+                    format!("add for tech {tech} may or may not have applied; the next sync adopts it if it did"),
+                );
+            }
+            return self.roles_of_adds();
+        };
+        let adds: Vec<&Add> = unknown.iter().map(|&i| &self.plan.adds[i]).collect();
+        let found = resolve_ambiguous_adds(&adds, &listing, &self.claimed);
+        let mut again = Vec::new();
+        for (i, line) in unknown.into_iter().zip(found) {
+            match line {
+                Some(line) => self.confirm_add(i, line, None),
+                None => again.push(i),
+            }
+        }
+        if again.is_empty() {
+            return self.roles_of_adds();
+        }
+        // Flex did not apply these: one more add each is safe. Its answer counts only with an id.
+        self.phase = Phase::AddsAgain;
+        again.into_iter().map(|i| self.add(Tag::AddAgain(i), &self.plan.adds[i])).collect()
+    }
+
+    fn added_again(&mut self, mut answers: Vec<Answer>) {
+        answers.sort_by_key(|a| a.tag);
+        for answer in answers {
+            let Tag::AddAgain(i) = answer.tag else { continue };
+            match answer.outcome {
+                Outcome::Success(body) => match parse_added_line_id(&body) {
+                    Some(line) => self.confirm_add(i, line, answer.role),
+                    None => {
+                        self.report.failed_adds += 1;
+                        let tech = &self.plan.adds[i].technician_id;
+                        self.report
+                            .error(ErrorCode::AddUnconfirmed, format!("add for tech {tech} returned no line id; the next sync adopts it"));
+                    }
+                },
+                Outcome::Failure(f) => self.add_failed(i, f.code),
+            }
+        }
+    }
+
+    /// Adds confirmed only by the relisting went without their role: send those now.
+    fn roles_of_adds(&mut self) -> Vec<Request> {
+        self.phase = Phase::RolesOfAdds;
+        self.added
+            .iter()
+            .filter(|a| a.role.is_none())
+            .filter_map(|a| {
+                let role = self.plan.adds[a.add].role_id.clone()?;
+                Some(Request {
+                    tag: Tag::RoleOfAdd(a.add),
+                    call: FlexCall::SetRole { element: self.element(), line: a.line.clone(), role },
+                    role_after_add: None,
+                })
+            })
+            .collect()
+    }
+
+    fn confirm_add(&mut self, add: usize, line: String, role: Option<Outcome>) {
+        self.claimed.insert(line.clone());
+        self.added.push(Added { add, line, role });
+    }
+
+    fn add_failed(&mut self, add: usize, code: ErrorCode) {
+        self.report.failed_adds += 1;
+        let tech = &self.plan.adds[add].technician_id;
+        self.report.error(code, format!("add failed for tech {tech}"));
+    }
+
+    fn role_applied(&mut self, outcome: &Outcome, what: String) -> bool {
+        match outcome {
+            Outcome::Success(_) => {
+                self.report.roles_set += 1;
+                true
+            }
+            Outcome::Failure(f) => {
+                self.report.error(f.code, what);
+                false
+            }
+        }
+    }
+
+    fn conclude(&mut self) -> Conclusion {
+        let mut added = std::mem::take(&mut self.added);
+        added.sort_by_key(|a| a.add);
+        for new in &added {
+            let add = self.plan.adds[new.add].clone();
+            let applied = match &new.role {
+                Some(outcome) => self.role_applied(outcome, format!("business role of tech {} not set", add.technician_id)),
+                None => false,
+            };
+            self.writes.line_records.push(LineRecord {
+                line_id: new.line.clone(),
+                resource_id: add.resource_id.clone(),
+                created_by_sync: true,
+                applied_role: if applied { add.role_id.clone() } else { None },
+            });
+            self.writes.rows.push((add.technician_id, new.line.clone()));
+        }
+        self.report.added = added.len();
+        Conclusion { report: std::mem::take(&mut self.report), writes: std::mem::take(&mut self.writes) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tech(t: &str, r: &str, role: Option<&str>) -> DesiredTech {
+        DesiredTech { technician_id: t.into(), resource_id: r.into(), role_code: role.map(Into::into) }
+    }
+
+    fn input(desired: Vec<DesiredTech>, rows: Vec<DbRow>) -> CrewInput {
+        CrewInput {
+            department: "sound".into(),
+            flex_element_id: "el".into(),
+            desired,
+            rows,
+            roles: RoleMap([('T', "ROLE-T".to_string())].into_iter().collect()),
+            ..CrewInput::default()
+        }
+    }
+
+    /// A listing body as Flex's row-data answers, one contact per (line, resource).
+    fn listing(contacts: &[(&str, &str)]) -> Vec<u8> {
+        let rows: Vec<Value> = contacts
+            .iter()
+            .map(|(line, resource)| json!({"id": line, "resourceId": resource, "leaf": true}))
+            .collect();
+        serde_json::to_vec(&rows).unwrap()
+    }
+
+    fn ok(body: &[u8]) -> Outcome {
+        Outcome::Success(body.to_vec())
+    }
+
+    fn added(line: &str) -> Outcome {
+        ok(json!({"addedResourceLineIds": [line]}).to_string().as_bytes())
+    }
+
+    fn failed(code: ErrorCode, status: Option<u16>, ambiguous: bool) -> Outcome {
+        Outcome::Failure(Failure::new(code, status, ambiguous))
+    }
+
+    fn answer(tag: Tag, outcome: Outcome) -> Answer {
+        Answer { tag, outcome, role: None }
+    }
+
+    /// Runs the machine with `flex` answering each request; every request asked, in order.
+    fn run(input: CrewInput, mut flex: impl FnMut(&Request) -> Answer) -> (Conclusion, Vec<Request>) {
+        let mut machine = Reconcile::new(input);
+        let mut asked = Vec::new();
+        let mut answers = Vec::new();
+        loop {
+            match machine.step(answers) {
+                Step::Send(requests) => {
+                    answers = requests.iter().map(&mut flex).collect();
+                    asked.extend(requests);
+                }
+                Step::Done(conclusion) => return (*conclusion, asked),
+            }
+        }
+    }
+
+    fn tags(asked: &[Request]) -> Vec<Tag> {
+        asked.iter().map(|r| r.tag).collect()
+    }
+
+    #[test]
+    fn nothing_to_change_is_one_listing_and_no_write() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![DbRow { technician_id: "t1".into(), line_id: "l1".into() }]), |r| {
+            answer(r.tag, ok(&listing(&[("l1", "r1")])))
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing]);
+        assert_eq!(done.report.status(), Status::Ok);
+        assert_eq!(done.report.kept, 1);
+        assert!(done.writes.is_empty());
+    }
+
+    #[test]
+    fn a_failed_listing_changes_nothing() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| answer(r.tag, failed(ErrorCode::Http(503), Some(503), false)));
+        assert_eq!(tags(&asked), vec![Tag::Listing]);
+        assert_eq!(done.report.status(), Status::Failed);
+        assert_eq!(done.report.error_lines(), vec!["flex_http_503: listing the crew call failed; nothing was changed"]);
+        assert!(done.writes.is_empty());
+        let (garbage, _) = run(input(vec![], vec![]), |r| answer(r.tag, ok(b"<html>")));
+        assert_eq!(garbage.report.errors[0].0, ErrorCode::BadListing);
+    }
+
+    #[test]
+    fn an_add_with_its_role_is_recorded_with_the_role_it_got() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", Some("SND-PA-T"))], vec![]), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[]))),
+            _ => Answer { tag: r.tag, outcome: added("new-1"), role: Some(ok(b"{}")) },
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)]);
+        assert_eq!(asked[1].role_after_add.as_deref(), Some("ROLE-T"));
+        assert_eq!((done.report.added, done.report.roles_set, done.report.status()), (1, 1, Status::Ok));
+        assert_eq!(done.writes.rows, vec![("t1".to_string(), "new-1".to_string())]);
+        assert_eq!(done.writes.line_records[0].applied_role.as_deref(), Some("ROLE-T"));
+        assert!(done.writes.line_records[0].created_by_sync);
+    }
+
+    #[test]
+    fn a_failed_role_after_an_add_keeps_the_contact_without_the_role() {
+        let (done, _) = run(input(vec![tech("t1", "r1", Some("SND-PA-T"))], vec![]), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[]))),
+            _ => Answer { tag: r.tag, outcome: added("new-1"), role: Some(failed(ErrorCode::Http(500), Some(500), false)) },
+        });
+        assert_eq!((done.report.added, done.report.roles_set, done.report.status()), (1, 0, Status::Partial));
+        assert_eq!(done.writes.line_records[0].applied_role, None, "the next sync sends the role again");
+    }
+
+    #[test]
+    fn a_refused_add_is_a_failed_add_and_writes_nothing() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[]))),
+            _ => answer(r.tag, failed(ErrorCode::Http(400), Some(400), false)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)], "a refused add is not looked up");
+        assert_eq!((done.report.failed_adds, done.report.status()), (1, Status::Partial));
+        assert!(done.writes.rows.is_empty());
+    }
+
+    #[test]
+    fn an_ambiguous_add_found_by_the_relisting_is_adopted_and_gets_its_role_last() {
+        let mut listings = 0;
+        let (done, asked) = run(input(vec![tech("t1", "r1", Some("SND-PA-T"))], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => {
+                listings += 1;
+                answer(r.tag, ok(&listing(if listings == 1 { &[] } else { &[("made-1", "r1")] })))
+            }
+            Tag::Add(_) => answer(r.tag, failed(ErrorCode::Timeout, None, true)),
+            _ => answer(r.tag, ok(b"{}")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting, Tag::RoleOfAdd(0)]);
+        assert!(matches!(&asked[3].call, FlexCall::SetRole { line, .. } if line == "made-1"));
+        assert_eq!((done.report.added, done.report.roles_set, done.report.status()), (1, 1, Status::Ok));
+        assert_eq!(done.writes.rows, vec![("t1".to_string(), "made-1".to_string())]);
+    }
+
+    #[test]
+    fn an_ambiguous_add_flex_did_not_apply_is_sent_once_more() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => answer(r.tag, ok(&listing(&[]))),
+            Tag::Add(_) => answer(r.tag, ok(b"{}")),
+            _ => answer(r.tag, added("second-1")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting, Tag::AddAgain(0)]);
+        assert_eq!(done.writes.rows, vec![("t1".to_string(), "second-1".to_string())]);
+        // Once more only: an answer without an id again is reported, not repeated.
+        let (unsure, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => answer(r.tag, ok(&listing(&[]))),
+            _ => answer(r.tag, ok(b"{}")),
+        });
+        assert_eq!(asked.len(), 4);
+        assert_eq!(unsure.report.errors[0].0, ErrorCode::AddUnconfirmed);
+        assert!(unsure.writes.rows.is_empty());
+    }
+
+    #[test]
+    fn a_failed_relisting_leaves_the_ambiguous_adds_unconfirmed_and_sends_nothing_again() {
+        let mut listings = 0;
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => {
+                listings += 1;
+                answer(r.tag, if listings == 1 { ok(&listing(&[])) } else { failed(ErrorCode::Timeout, None, false) })
+            }
+            _ => answer(r.tag, failed(ErrorCode::Http(502), Some(502), true)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting]);
+        assert_eq!(done.report.errors[0].0, ErrorCode::AddUnconfirmed);
+        assert_eq!(done.report.failed_adds, 1);
+    }
+
+    #[test]
+    fn of_two_ambiguous_adds_the_one_flex_made_is_adopted_and_the_other_sent_again() {
+        let desired = vec![tech("t1", "r1", None), tech("t2", "r2", None)];
+        let mut listings = 0;
+        let (done, asked) = run(input(desired, vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => {
+                listings += 1;
+                answer(r.tag, ok(&listing(if listings == 1 { &[] } else { &[("made-2", "r2")] })))
+            }
+            Tag::Add(_) => answer(r.tag, failed(ErrorCode::Timeout, None, true)),
+            _ => answer(r.tag, added("again-1")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Add(1), Tag::Relisting, Tag::AddAgain(0)]);
+        assert_eq!(
+            done.writes.rows,
+            vec![("t1".to_string(), "again-1".to_string()), ("t2".to_string(), "made-2".to_string())]
+        );
+        assert_eq!((done.report.added, done.report.status()), (2, Status::Ok));
+    }
+
+    fn two_to_delete() -> CrewInput {
+        input(vec![], vec![])
+    }
+
+    fn listing_of_two() -> Vec<u8> {
+        listing(&[("x1", "gone-1"), ("x2", "gone-2")])
+    }
+
+    #[test]
+    fn deletes_go_in_one_bulk_call_and_a_404_means_gone() {
+        let (done, asked) = run(two_to_delete(), |r| answer(r.tag, ok(&listing_of_two())));
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
+        assert_eq!((done.report.removed, done.report.status()), (2, Status::Ok));
+        assert_eq!(done.writes.deleted_lines, vec!["x1".to_string(), "x2".to_string()]);
+        let (gone, asked) = run(input(vec![], vec![]), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[("x1", "gone-1")]))),
+            _ => answer(r.tag, failed(ErrorCode::Http(404), Some(404), false)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Delete(0)]);
+        assert_eq!((gone.report.removed, gone.report.status()), (1, Status::Ok), "already gone is what we wanted");
+        assert_eq!(gone.writes.deleted_lines, vec!["x1".to_string()]);
+    }
+
+    #[test]
+    fn a_bulk_delete_the_tenant_refuses_is_sent_line_by_line() {
+        let (done, asked) = run(two_to_delete(), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing_of_two())),
+            Tag::Deletes => answer(r.tag, failed(ErrorCode::Http(405), Some(405), false)),
+            Tag::Delete(0) => answer(r.tag, ok(b"{}")),
+            _ => answer(r.tag, failed(ErrorCode::Http(500), Some(500), false)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes, Tag::Delete(0), Tag::Delete(1)]);
+        assert_eq!(done.writes.deleted_lines, vec!["x1".to_string()], "the failed one keeps its records");
+        assert_eq!((done.report.removed, done.report.status()), (1, Status::Partial));
+        // A rate limit or an auth failure is not a refusal of bulk deletes: nothing is resent.
+        let (limited, asked) = run(two_to_delete(), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing_of_two())),
+            _ => answer(r.tag, failed(ErrorCode::RateLimited, Some(429), false)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
+        assert_eq!(limited.report.errors.len(), 2);
+        assert!(limited.writes.deleted_lines.is_empty());
+    }
+
+    #[test]
+    fn role_changes_of_kept_contacts_are_recorded_only_when_flex_took_them() {
+        let rows = vec![DbRow { technician_id: "t1".into(), line_id: "l1".into() }, DbRow { technician_id: "t2".into(), line_id: "l2".into() }];
+        let desired = vec![tech("t1", "r1", Some("SND-PA-T")), tech("t2", "r2", Some("SND-PA-T"))];
+        let (done, asked) = run(input(desired, rows), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[("l1", "r1"), ("l2", "r2")]))),
+            Tag::SetRole(0) => answer(r.tag, ok(b"{}")),
+            _ => answer(r.tag, failed(ErrorCode::Deadline, None, false)),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::SetRole(0), Tag::SetRole(1)]);
+        assert_eq!(done.report.roles_set, 1);
+        assert_eq!(done.writes.line_records.len(), 1);
+        assert!(!done.writes.line_records[0].created_by_sync);
+        assert_eq!(done.report.status(), Status::Partial);
+    }
+
+    #[test]
+    fn stale_rows_and_adoptions_are_written_with_the_rest() {
+        // t1's row points at a line Flex no longer has; t2 has a contact but no row.
+        let rows = vec![DbRow { technician_id: "t1".into(), line_id: "lost".into() }];
+        let desired = vec![tech("t1", "r1", None), tech("t2", "r2", None)];
+        let (done, asked) = run(input(desired, rows), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[("l2", "r2")]))),
+            _ => answer(r.tag, added("l1-new")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)]);
+        assert_eq!(done.writes.stale_technicians, vec!["t1".to_string()]);
+        assert_eq!(
+            done.writes.rows,
+            vec![("t2".to_string(), "l2".to_string()), ("t1".to_string(), "l1-new".to_string())]
+        );
+        assert_eq!((done.report.adopted, done.report.stale_removed, done.report.added), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_summary_names_a_skip_by_code_and_errors_by_code_first() {
+        let busy = Report::skipped(Skip::Busy).summary(Measured::default());
+        assert_eq!((busy["status"].as_str(), busy["skip"].as_str()), (Some("skipped"), Some("busy")));
+        let none = Report::skipped(Skip::NoCrewCall).summary(Measured::default());
+        assert_eq!((none["skip"].as_str(), none["note"].as_str()), (Some("no_crew_call"), Some("no crew call mapping")));
+        let mut report = Report { listed: true, ..Report::default() };
+        report.error(ErrorCode::Http(503), "x".into());
+        assert_eq!(report.summary(Measured::default())["errors"][0], "flex_http_503: x");
+        assert!(report.summary(Measured::default()).get("skip").is_none());
+    }
+
+    #[test]
+    fn error_codes_keep_their_stable_strings() {
+        let all = [
+            (ErrorCode::Timeout, "flex_timeout"),
+            (ErrorCode::ConnectTimeout, "flex_connect_timeout"),
+            (ErrorCode::Connection, "flex_connection"),
+            (ErrorCode::HostNotFound, "flex_host_not_found"),
+            (ErrorCode::DestinationRefused, "flex_destination_refused"),
+            (ErrorCode::Http(503), "flex_http_503"),
+            (ErrorCode::RateLimited, "flex_rate_limited"),
+            (ErrorCode::Unauthorized, "flex_unauthorized"),
+            (ErrorCode::RedirectRefused, "flex_redirect_refused"),
+            (ErrorCode::CallBudget, "flex_call_budget"),
+            (ErrorCode::Deadline, "flex_deadline"),
+            (ErrorCode::ResponseTooLarge, "flex_response_too_large"),
+            (ErrorCode::BadListing, "flex_bad_listing"),
+            (ErrorCode::BadResponse, "flex_bad_response"),
+            (ErrorCode::ErrorInBody, "flex_error_in_body"),
+            (ErrorCode::AddUnconfirmed, "flex_add_unconfirmed"),
+            (ErrorCode::WorkerLost, "flex_worker_lost"),
+        ];
+        for (code, text) in all {
+            assert_eq!(code.to_string(), text);
+        }
+    }
+}
