@@ -6,8 +6,9 @@ CREATE TABLE flex_dedupe_audit (
     removed_at        timestamptz NOT NULL,
     crew_call_id      uuid NOT NULL,
     technician_id     uuid NOT NULL,
-    flex_line_item_id text,
-    -- The id of the row kept for the pair; the removed row whole.
+    flex_line_item_id uuid,
+    -- The id of the row kept for the pair (the application's key, whatever its type); the
+    -- removed row whole.
     kept_row_id       text,
     removed_row       jsonb NOT NULL
 );
@@ -157,7 +158,7 @@ BEGIN
         -- flex_sync_job deletes the orphaned contacts in Flex even under orphan_policy 'keep'.
         INSERT INTO @extschema@.flex_dedupe_audit (batch_id, removed_at, crew_call_id, technician_id, flex_line_item_id,
                                        kept_row_id, removed_row)
-        SELECT $1, now(), g.crew_call_id, g.technician_id, g.flex_line_item_id::text, g.keeper_id::text,
+        SELECT $1, now(), g.crew_call_id, g.technician_id, g.flex_line_item_id::text::uuid, g.keeper_id::text,
                g.removed_row
         FROM gone g
         RETURNING 1

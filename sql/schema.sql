@@ -34,7 +34,7 @@ CREATE TABLE flex_sync_private.flex_state (
 -- orphan_policy 'keep' may delete only those) and the business role last applied to it (so an
 -- unchanged role is not sent again).
 CREATE TABLE flex_sync_private.lines (
-    flex_line_item_id text PRIMARY KEY,
+    flex_line_item_id uuid PRIMARY KEY,
     flex_element_id   uuid NOT NULL,
     resource_id       text NOT NULL,
     created_by_sync   boolean NOT NULL,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use flex_sync_core::input::{department_key, normalize_departments};
-use flex_sync_core::protocol::{Conclusion, Measured, Reconcile, Report, Skip, Step};
+use flex_sync_core::protocol::{Conclusion, Measured, Reconcile, Report, Skip, Status, Step, Writes};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
 
@@ -27,34 +27,31 @@ pub struct SyncRequest {
 
 pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     // Everything that can reject the call happens before the first Flex request (I5).
-    store::authorize()?;
+    store::check_call()?;
     let job = request.job.ok_or(FlexSyncError::NullJob)?;
-    store::check_application_schema()?;
-    let context = store::call_context(&job)?;
+    let asked: Option<Vec<String>> =
+        request.departments.as_ref().map(|list| list.iter().flatten().map(|d| department_key(d)).collect());
+    let context = store::call_context(&job, asked)?;
     // These keep the snapshot they took before the lock, so they would reconcile stale rows.
     if matches!(context.isolation.as_str(), "repeatable read" | "serializable") {
         return Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase()));
     }
     let departments = match &request.departments {
-        Some(list) => {
-            let candidates: Vec<String> = list.iter().flatten().map(|d| department_key(d)).collect();
-            normalize_departments(list, &store::known_departments(&candidates)?)?
-        }
-        None => store::departments_with_crew_calls(&job)?,
+        Some(list) => normalize_departments(list, &context.departments)?,
+        None => context.departments.clone(),
     };
     if !context.job_exists {
         return Err(FlexSyncError::UnknownJob(job));
     }
     let client = configured_client(&context)?;
-    let triggered_by = context.caller;
 
     let was_rate_limited = client.is_rate_limited();
     let mut summary = Map::new();
     let mut ok = true;
     for department in &departments {
-        let result = sync_department(&client, &job, department, request.wait_for_lock, &triggered_by, wait)?;
-        ok &= !matches!(result.get("status").and_then(Value::as_str), Some("failed" | "partial"));
-        summary.insert(department.clone(), result);
+        let report = sync_department(&client, &job, department, request.wait_for_lock, &context.caller, wait)?;
+        ok &= report.0.is_clean();
+        summary.insert(department.clone(), report.1);
     }
     if client.is_rate_limited() && !was_rate_limited {
         store::note_rate_limited()?;
@@ -63,10 +60,10 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
 }
 
 fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
-    let settings = store::load_settings()?.ok_or(FlexSyncError::NotConfigured)?;
+    let settings = context.settings.as_ref().ok_or(FlexSyncError::NotConfigured)?;
     let options = Options::default().merged(&settings.options)?;
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
-    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
+    let token = settings.api_token.clone().filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
         Some(secret) => FlexSyncError::VaultSecretMissing(secret.clone()),
         None => FlexSyncError::NoToken,
     })?;
@@ -77,6 +74,7 @@ fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
     Ok(FlexClient::new(origin, token, options, Instant::now() + budget, context.rate_limited))
 }
 
+/// One department: its status and its summary.
 fn sync_department(
     client: &FlexClient,
     job: &str,
@@ -84,24 +82,20 @@ fn sync_department(
     wait_for_lock: bool,
     triggered_by: &str,
     wait: &dyn Fn(),
-) -> Result<Value> {
+) -> Result<(Status, Value)> {
     let started = Instant::now();
     let calls_before = client.calls_made();
     let waited_before = client.time_waited();
     let locked = store::lock_department(job, department, wait_for_lock)?;
     let lock_wait = started.elapsed();
-    let report = if !locked {
-        Report::skipped(Skip::Busy)
-    } else {
-        // Read after the lock: a concurrent sync that held it has committed by now.
-        match store::load_crew(job, department, client.options().orphan_policy)? {
-            None => Report::skipped(Skip::NoCrewCall),
-            Some(crew) => {
-                let element = crew.input.flex_element_id.clone();
-                let conclusion = run_protocol(client, Reconcile::new(crew.input), wait);
-                store::write_outcome(&crew.id, &element, &conclusion.writes)?;
-                conclusion.report
-            }
+    // Read after the lock: a concurrent sync that held it has committed by now.
+    let crew = if locked { store::load_crew(job, department, client.options().orphan_policy)? } else { None };
+    let (report, writes, crew) = match crew {
+        None => (Report::skipped(if locked { Skip::NoCrewCall } else { Skip::Busy }), Writes::default(), None),
+        Some(crew) => {
+            let element = crew.input.flex_element_id.clone();
+            let conclusion = run_protocol(client, Reconcile::new(crew.input), wait);
+            (conclusion.report, conclusion.writes, Some((crew.id, element)))
         }
     };
     let measured = Measured {
@@ -111,7 +105,7 @@ fn sync_department(
         own_work_us: started.elapsed().saturating_sub(lock_wait + (client.time_waited() - waited_before)).as_micros() as u64,
     };
     let summary = report.summary(measured);
-    store::insert_log(LogEntry {
+    let log = LogEntry {
         job,
         department,
         duration_ms: measured.duration_ms as i32,
@@ -127,8 +121,10 @@ fn sync_department(
         errors: json!(report.error_lines()),
         summary: summary.clone(),
         triggered_by,
-    })?;
-    Ok(summary)
+    };
+    let (crew_call, element) = crew.unzip();
+    store::write_outcome(crew_call.as_deref(), element.as_deref(), &writes, log)?;
+    Ok((report.status(), summary))
 }
 
 /// Runs the calls the protocol asks for and feeds their answers back until it is done.

@@ -171,6 +171,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// Whether the department finished cleanly (`ok` of the call is all of them).
+    pub fn is_clean(self) -> bool {
+        matches!(self, Status::Ok | Status::Skipped)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",

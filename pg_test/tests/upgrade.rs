@@ -37,11 +37,11 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
                                                    ', ' ORDER BY a.attnum)
                                  FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
                                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
-                    || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+                    || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY pg_get_indexdef(i.indexrelid))
                                  FROM pg_index i WHERE i.indrelid = c.oid), '')
-                    || coalesce((SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), '; ' ORDER BY 1)
+                    || coalesce((SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), '; ' ORDER BY k.conname)
                                  FROM pg_constraint k WHERE k.conrelid = c.oid), '')
-                    || coalesce((SELECT string_agg(a.attname || ' ' || a.attacl::text, '; ' ORDER BY 1)
+                    || coalesce((SELECT string_agg(a.attname || ' ' || a.attacl::text, '; ' ORDER BY a.attname)
                                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL), '')
                     || pg_temp.acl(c.relacl, CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner)
              FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
@@ -131,9 +131,10 @@ fn released_before(current: &str) -> Vec<String> {
 
 const DEAD_JOB: &str = "00000000-0000-4000-8000-00000000dead";
 const MARKED_JOB: &str = "00000000-0000-4000-8000-0000000000aa";
+const LINE: &str = "00000000-0000-4000-8000-00000000011e";
 
-/// A dead item with a mark made after it died, and an item marked twice, as every release
-/// keeps them.
+/// A dead item with a mark made after it died, an item marked twice, and a Flex line the sync
+/// made, as every release keeps them.
 fn write_queue_state(client: &mut Client) {
     client
         .batch_execute(&format!(
@@ -141,7 +142,9 @@ fn write_queue_state(client: &mut Client) {
              VALUES ('{DEAD_JOB}', 'sound', 8, 'flex_http_500: gone', true);
              INSERT INTO flex_sync_private.dirty (job_id, department, marked_at) VALUES
                  ('{DEAD_JOB}', 'sound', '2026-01-01T00:00:00Z'),
-                 ('{MARKED_JOB}', 'sound', now()), ('{MARKED_JOB}', 'sound', now());"
+                 ('{MARKED_JOB}', 'sound', now()), ('{MARKED_JOB}', 'sound', now());
+             INSERT INTO flex_sync_private.lines (flex_line_item_id, flex_element_id, resource_id, created_by_sync)
+             VALUES ('{LINE}', gen_random_uuid(), 'res-kept', true);"
         ))
         .unwrap();
 }
@@ -171,6 +174,11 @@ fn assert_queue_state_kept(client: &mut Client, from: &str) {
         .unwrap()
         .get(0);
     assert_eq!(retention, "30 days", "from {from}: the stored options gained the default retention");
+    let line: String = client
+        .query_one("SELECT flex_line_item_id::text FROM flex_sync_private.lines WHERE created_by_sync", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(line, LINE, "from {from}: the line kept its id as a uuid");
 }
 
 fn assert_same_objects_and_data(client: &mut Client, expected: &[String], from: &str) {

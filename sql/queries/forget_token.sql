@@ -1,0 +1,1 @@
+DELETE FROM flex_sync_private.api_token

@@ -1,0 +1,1 @@
+SELECT options FROM flex_sync_private.settings
