@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, in tiers: pure unit tests, #[pg_test] inside one backend, then the
-# out-of-process suite against a throwaway PostgreSQL 15 server and the Flex simulator.
+# out-of-process suite, the isolation specs and the golden SQL tests against a throwaway
+# PostgreSQL 15 server and the Flex simulator.
 # Ends with one line "N passed, N failed"; exits non-zero when anything failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,15 +37,17 @@ cluster=/tmp/flex_sync_cluster_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster") || { echo "cannot start the test server"; cat "$cluster"/*.log; exit 1; }
 trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT
 FLEX_SYNC_PG="$conninfo" FLEX_SYNC_PG_LOG="$cluster/server.log" FLEX_SYNC_PG_CONFIG="$pg_config" step out_of_process cargo test -p flex_sync_pg_test --tests -- --test-threads 4
-# Isolation specs: pg_regress prints "All N tests passed." or "M of N tests failed."
+# Isolation specs and the golden SQL tests: pg_regress prints "All N tests passed." or "M of N
+# tests failed."
 step isolation bash pg_test/isolation.sh "$conninfo"
-iso_passed=$(grep -hoE "All [0-9]+ tests passed" "$logs/isolation.log" | grep -oE "[0-9]+" || echo 0)
-iso_failed=$(grep -hoE "[0-9]+ of [0-9]+ tests failed" "$logs/isolation.log" | grep -oE "^[0-9]+" || echo 0)
+step regress bash pg_test/regress.sh "$conninfo"
+regress_passed=$(grep -hoE "All [0-9]+ tests passed" "$logs/isolation.log" "$logs/regress.log" | grep -oE "[0-9]+" | awk '{s+=$1} END {print s+0}')
+regress_failed=$(grep -hoE "[0-9]+ of [0-9]+ tests failed" "$logs/isolation.log" "$logs/regress.log" | grep -oE "^[0-9]+" | awk '{s+=$1} END {print s+0}')
 
 passed=$(grep -hoE "test result: [a-zA-Z]+\. [0-9]+ passed" "$logs/all.log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -hoE "[0-9]+ failed;" "$logs/all.log" | awk '{s+=$1} END {print s+0}')
-passed=$((passed + ${iso_passed:-0}))
-failed=$((failed + ${iso_failed:-0}))
+passed=$((passed + regress_passed))
+failed=$((failed + regress_failed))
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed"
 exit "$status"

@@ -197,12 +197,3 @@ fn a_rolled_back_sync_is_repaired_by_the_next_one_without_duplicates() {
     assert_eq!(result["summary"]["sound"]["added"], 0);
     assert_converged(&mut client, &sim, &job);
 }
-
-#[test]
-fn repeatable_read_callers_are_refused() {
-    let (db, _sim, job) = setup("isolation");
-    let mut client = db.connect();
-    let mut tx = client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
-    let err = tx.query_one("SELECT flex_sync_job($1::text::uuid)", &[&job.id]).unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().code().code(), "25000");
-}

@@ -1,0 +1,63 @@
+-- Every error of the SQL surface: its SQLSTATE, message and hint. attempt() runs a statement and
+-- shows what it raised.
+CREATE FUNCTION pg_temp.attempt(statement text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    state text;
+    message text;
+    hint text;
+BEGIN
+    EXECUTE statement;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+    RETURN state || ': ' || message || coalesce(E'\n  hint: ' || nullif(hint, ''), '');
+END
+$$;
+\getenv sim_url FLEX_SIM_URL
+CREATE EXTENSION flex_sync;
+-- Without the application's tables.
+SELECT pg_temp.attempt($$SELECT flex_sync_job(gen_random_uuid())$$);
+SELECT flex_sync_install_reference_schema();
+-- Not configured.
+INSERT INTO jobs (id, title) VALUES ('00000000-0000-4000-8000-000000000e01', 'errors');
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
+-- Bad settings change nothing.
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('ftp://flex.example/f5/api', 't')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('http://tenant.flexrentalsolutions.com/f5/api', 't')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://10.0.0.7/f5/api', 't')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://user@tenant.flexrentalsolutions.com/f5/api', 't')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"max_parallel": 8}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"max_parallel_requests": 31}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"orphan_policy": "all"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"log_retention": "forever"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"api_token_vault_secret": "flex_key"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '[1]')$$);
+SELECT count(*) AS settings_rows FROM flex_sync_settings;
+SELECT 1 FROM flex_sync_configure(:'sim_url', 'sim-token', '{"allow_insecure_loopback": true}');
+-- Bad input to the sync: rejected before any Flex call, nothing written.
+SELECT pg_temp.attempt($$SELECT flex_sync_job(NULL)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-0000000000ff')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', '{}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', ARRAY[NULL])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', ARRAY['catering'])$$);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
+ROLLBACK;
+SELECT count(*) AS log_rows FROM flex_sync_log;
+-- Without the unique constraint ON CONFLICT needs, and with a deferrable one.
+ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
+ALTER TABLE flex_crew_assignments ADD CONSTRAINT pair UNIQUE (crew_call_id, technician_id) DEFERRABLE;
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
+SELECT pg_temp.attempt($$SELECT flex_dedupe_assignments()$$);
+ALTER TABLE flex_crew_assignments DROP CONSTRAINT pair, ADD UNIQUE (crew_call_id, technician_id);
+-- The queue's limits, and the procedure inside a transaction block.
+SELECT pg_temp.attempt($$SELECT flex_sync_pending(0)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_pending(max_attempts => 0)$$);
+SELECT pg_temp.attempt($$CALL flex_sync_run_queue(max_seconds => NULL)$$);
+BEGIN;
+SELECT pg_temp.attempt($$CALL flex_sync_run_queue()$$);
+ROLLBACK;
+-- Leave the database as it was for the next file.
+DROP TABLE IF EXISTS flex_crew_assignments, flex_crew_calls, job_assignments, profiles, jobs;
+DROP EXTENSION flex_sync;

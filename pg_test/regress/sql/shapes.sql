@@ -1,0 +1,59 @@
+-- The result of every public function, as a caller sees it. Values that change from run to run
+-- (ids, times, durations) are shown by their keys or types only.
+\getenv sim_url FLEX_SIM_URL
+CREATE EXTENSION flex_sync;
+SELECT flex_sync_install_reference_schema();
+SELECT flex_sync_enable_queue();
+-- configure: the effective settings, the token masked, every option with its value.
+SELECT jsonb_pretty(flex_sync_configure(:'sim_url', 'sim-token', '{"allow_insecure_loopback": true}') - 'base_url');
+SELECT base_url = :'sim_url' AS base_url_kept, api_token FROM flex_sync_settings;
+INSERT INTO jobs (id, title) VALUES ('00000000-0000-4000-8000-000000000a01', 'shapes');
+INSERT INTO profiles (id, department, flex_resource_id) VALUES
+    ('00000000-0000-4000-8000-000000000b01', 'sound', 'shape-res-1'),
+    ('00000000-0000-4000-8000-000000000b02', 'sound', 'shape-res-2');
+INSERT INTO flex_crew_calls (id, job_id, department, flex_element_id) VALUES
+    ('00000000-0000-4000-8000-0000000000cc', '00000000-0000-4000-8000-000000000a01', 'sound', '00000000-0000-4000-8000-000000000c01');
+INSERT INTO job_assignments (job_id, technician_id, sound_role, status) VALUES
+    ('00000000-0000-4000-8000-000000000a01', '00000000-0000-4000-8000-000000000b01', 'SND-FOH-R', 'confirmed'),
+    ('00000000-0000-4000-8000-000000000a01', '00000000-0000-4000-8000-000000000b02', NULL, 'invited');
+-- flex_sync_job: the Edge Function's shape, one entry per department.
+CREATE TEMP TABLE first_sync AS
+SELECT flex_sync_job('00000000-0000-4000-8000-000000000a01', ARRAY['sound', 'lights']) AS r;
+SELECT r ->> 'ok' AS ok, r ->> 'job_id' AS job_id, (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(r) k) AS keys
+FROM first_sync;
+SELECT d AS department, s ->> 'status' AS status, s ->> 'skip' AS skip, s ->> 'note' AS note,
+       (s ->> 'added')::int AS added, (s ->> 'rolesSet')::int AS roles_set, (s ->> 'desired_count')::int AS desired,
+       (s ->> 'flex_calls')::int AS flex_calls, s -> 'errors' AS errors, s -> 'business_role_diagnostics' AS diagnostics
+FROM first_sync, jsonb_each(r -> 'summary') AS e(d, s) ORDER BY d;
+SELECT array_agg(k ORDER BY k) AS summary_keys FROM first_sync, jsonb_object_keys(r -> 'summary' -> 'sound') k;
+-- Nothing to change: one listing, nothing written but its log row.
+SELECT s ->> 'status' AS status, (s ->> 'kept')::int AS kept, (s ->> 'flex_calls')::int AS flex_calls
+FROM (SELECT flex_sync_job('00000000-0000-4000-8000-000000000a01') -> 'summary' -> 'sound' AS s) x;
+SELECT department, status, added, removed, kept, roles_set, failed, flex_calls, errors, triggered_by
+FROM flex_sync_log ORDER BY id;
+-- The queue: the function form's report, and the procedure's (printed by key: it has a duration).
+UPDATE job_assignments SET status = 'declined' WHERE technician_id = '00000000-0000-4000-8000-000000000b01';
+SELECT job_id, department, marks, attempts, next_attempt_at IS NULL AS never_failed, dead FROM flex_sync_queue;
+SELECT r - 'duration_ms' AS report, (r ->> 'duration_ms') IS NOT NULL AS has_duration
+FROM (SELECT flex_sync_pending() AS r) x;
+DO $$
+DECLARE
+    report jsonb;
+BEGIN
+    CALL flex_sync_run_queue(report => report);
+    RAISE NOTICE 'procedure report: % with %', report - 'duration_ms', (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(report) k);
+END
+$$;
+SELECT flex_sync_requeue() AS requeued, flex_sync_resume() AS pause_ended;
+-- The dedupe's report, dry and real, over a crew call with a duplicate row.
+ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
+INSERT INTO flex_crew_assignments (crew_call_id, technician_id, flex_line_item_id, created_at)
+SELECT crew_call_id, technician_id, '00000000-0000-4000-8000-0000000000d1', created_at + interval '1 minute'
+FROM flex_crew_assignments;
+SELECT jsonb_pretty(flex_dedupe_assignments(dry_run => true));
+SELECT jsonb_pretty(r - 'audit_batch'), r ->> 'audit_batch' = (SELECT DISTINCT batch_id::text FROM flex_dedupe_audit) AS audit_batch_is_the_audits
+FROM (SELECT flex_dedupe_assignments() AS r) x;
+SELECT technician_id, flex_line_item_id, removed_row ->> 'flex_line_item_id' AS removed_line FROM flex_dedupe_audit;
+-- Leave the database as it was for the next file.
+DROP TABLE IF EXISTS flex_crew_assignments, flex_crew_calls, job_assignments, profiles, jobs;
+DROP EXTENSION flex_sync;
