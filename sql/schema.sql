@@ -183,7 +183,7 @@ BEGIN
 END
 $$;
 
--- Creates the application tables of DESIGN.md section 3 where they are missing. They are not
+-- Creates the application tables the sync reads and writes where they are missing. They are not
 -- members of the extension: DROP EXTENSION flex_sync never drops application data.
 CREATE FUNCTION flex_sync_install_reference_schema()
 RETURNS void

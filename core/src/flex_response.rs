@@ -1,6 +1,6 @@
 //! Reading Flex's JSON: the row-data tree of a crew call and the add-resource answer.
 //!
-//! No public capture shows a crew-call row (flex-api.md section 6, item 4), so every key that a
+//! No public capture shows a crew-call row, so every key that a
 //! public client reads is accepted here, and anything that cannot be recognised as a contact is
 //! left alone rather than guessed at: a node we cannot classify is never a candidate for deletion.
 

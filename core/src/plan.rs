@@ -1,7 +1,7 @@
 //! The reconcile of one crew call: the desired technicians, the database rows and Flex's listing
 //! in; the actions that make all three agree out.
 //!
-//! Order matters and is the whole point (DESIGN.md section 4, step 4): the database is first
+//! Order matters and is the whole point: the database is first
 //! reconciled with what Flex really holds (stale rows dropped, unknown contacts of desired
 //! technicians adopted, duplicate contacts collapsed), and only then is the diff taken, so one run
 //! converges instead of deleting and re-adding the same people.

@@ -1,5 +1,5 @@
-//! A faithful replica of the Edge Function `sync-flex-crew-for-job` (area-tecnica-flex.md
-//! section 1), hazards included, so the storm can run it side by side with flex_sync against the
+//! A faithful replica of the Edge Function `sync-flex-crew-for-job` that flex_sync replaces,
+//! hazards included (tests/hazards.rs has one test per hazard), so the storm can run it side by side with flex_sync against the
 //! same database and simulator. Each statement autocommits; there is no lock and no retry, and
 //! errors are swallowed where the original swallows them. Do not fix anything here.
 

@@ -1,6 +1,6 @@
 //! The out-of-process harness: a fresh database per test on the throwaway server that
 //! `pg_test/cluster.sh` starts (its address in `FLEX_SYNC_PG`), an in-process simulator per
-//! test, fixtures, and the invariant checks of DESIGN.md section 4.
+//! test, fixtures, and the invariant checks (CONTRIBUTING.md, "What correct means").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,4 +1,4 @@
-//! The guarded client (DESIGN.md section 5) against the simulator's fault injection.
+//! The guarded client (README, "The outbound client") against the simulator's fault injection.
 
 use std::time::{Duration, Instant};
 

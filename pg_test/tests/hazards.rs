@@ -1,4 +1,4 @@
-//! One test per hazard of the Edge Function (area-tecnica-flex.md section 1), each against a real
+//! One test per hazard of the Edge Function (its replica: src/edge_function.rs), each against a real
 //! server and the simulator. The hazards of concurrency and failed listings are in sync.rs.
 
 use flex_sync_pg_test::harness::*;

@@ -1,4 +1,4 @@
-//! The simulator behaves as flex-api.md describes Flex: these tests talk HTTP to it directly.
+//! The simulator behaves as Flex is known to: these tests talk HTTP to it directly.
 
 use flex_sync_pg_test::harness::{Sim, SIM_TOKEN};
 use serde_json::{json, Value};

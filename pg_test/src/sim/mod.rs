@@ -1,4 +1,4 @@
-//! A faithful stand-in for Flex5's crew-call endpoints (flex-api.md section 2a), with a control
+//! A faithful stand-in for Flex5's crew-call endpoints (CONTRIBUTING.md, "The Flex simulator"), with a control
 //! API for tests: seeding, manual edits, fault injection, call counters.
 
 pub mod model;

@@ -1,5 +1,5 @@
-//! The simulator's Flex: crew calls and their lines, the switches for every behaviour that
-//! flex-api.md marks uncertain, injected faults, call counters and the shared hourly budget.
+//! The simulator's Flex: crew calls and their lines, a switch for every behaviour of Flex that
+//! could not be confirmed, injected faults, call counters and the shared hourly budget.
 //! No HTTP here: `server.rs` maps requests onto these methods.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Switches for the behaviours flex-api.md section 6 lists as unknown. Defaults follow its
-/// section 7 suggestions.
+/// Switches for the behaviours of Flex that could not be confirmed; each is handled both ways by
+/// the sync, and the defaults are the likeliest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
