@@ -235,6 +235,7 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy) -> Re
 /// Records what Flex confirmed for one crew call and its log row, in one statement. Without a
 /// crew call (a skipped department) only the log row is written.
 pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Writes, log: LogEntry<'_>) -> Result<()> {
+    let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
     let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows.iter().cloned().unzip();
     let records = &writes.line_records;
     let [added, removed, kept, roles_set, failed, flex_calls] = log.counts;
@@ -243,7 +244,8 @@ pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Wr
         &[
             crew_call.into(),
             element.into(),
-            writes.stale_technicians.clone().into(),
+            stale_technicians.into(),
+            stale_lines.into(),
             writes.deleted_lines.clone().into(),
             row_technicians.into(),
             row_lines.into(),

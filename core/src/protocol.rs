@@ -145,8 +145,9 @@ pub struct LineRecord {
 /// The database writes that record what Flex confirmed, applied in this order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writes {
-    /// Technicians whose row points at a line Flex no longer has.
-    pub stale_technicians: Vec<String>,
+    /// (technician, line) rows that point at a line Flex no longer has: deleted only while they
+    /// still point there, so a row the application repointed meanwhile stays.
+    pub stale_rows: Vec<(String, String)>,
     /// Lines Flex deleted (or had already deleted): their rows and records go.
     pub deleted_lines: Vec<String>,
     /// (technician, line) rows to insert or repoint: adopted contacts and confirmed adds.
@@ -156,7 +157,7 @@ pub struct Writes {
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.stale_technicians.is_empty() && self.deleted_lines.is_empty() && self.rows.is_empty() && self.line_records.is_empty()
+        self.stale_rows.is_empty() && self.deleted_lines.is_empty() && self.rows.is_empty() && self.line_records.is_empty()
     }
 }
 
@@ -434,7 +435,13 @@ impl Reconcile {
         self.report.kept = self.plan.kept;
         self.report.adopted = self.plan.adoptions.len();
         self.report.stale_removed = self.plan.stale_rows.len();
-        self.writes.stale_technicians = self.plan.stale_rows.clone();
+        self.writes.stale_rows = self
+            .input
+            .rows
+            .iter()
+            .filter(|r| self.plan.stale_rows.contains(&r.technician_id))
+            .map(|r| (r.technician_id.clone(), r.line_id.clone()))
+            .collect();
         self.writes.rows = self.plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
         self.claimed = listing.contacts.iter().map(|c| c.line_id.clone()).collect();
 
@@ -938,7 +945,7 @@ mod tests {
             _ => answer(r.tag, added("l1-new")),
         });
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)]);
-        assert_eq!(done.writes.stale_technicians, vec!["t1".to_string()]);
+        assert_eq!(done.writes.stale_rows, vec![("t1".to_string(), "lost".to_string())]);
         assert_eq!(
             done.writes.rows,
             vec![("t2".to_string(), "l2".to_string()), ("t1".to_string(), "l1-new".to_string())]

@@ -555,6 +555,50 @@ fn storm_comparison(b: &mut Bench) {
     }
 }
 
+/// The whole call of a sync with nothing to change, flex_sync against a naive PL/Python
+/// implementation of the same contract (pg_test/fixtures/naive_sync.sql), one connection, zero
+/// latency, the two interleaved.
+fn naive_comparison(b: &mut Bench) {
+    b.line("\n## 8. A sync with nothing to change: flex_sync against a naive PL/Python implementation\n");
+    let (_db, sim, mut client) = fresh("bench_naive", json!({}));
+    client.batch_execute(include_str!("../../fixtures/naive_sync.sql")).unwrap();
+    let crew: Vec<(&str, &str)> = (0..10).map(|_| ("sound", "SND-PA-T")).collect();
+    let job = create_job(&mut client, &["sound"], &crew);
+    sync(&mut client, &job.id);
+    let naive = |client: &mut Client| {
+        let text: String = client
+            .query_one(
+                "SELECT naive_flex_sync($1::text::uuid, 'sound', $2, $3)::text",
+                &[&job.id, &sim.server.base_url(), &SIM_TOKEN],
+            )
+            .unwrap()
+            .get(0);
+        let result: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(result["summary"]["sound"]["kept"], 10, "{result}");
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        sync(&mut client, &job.id);
+        naive(&mut client);
+    }
+    for _ in 0..300 {
+        let t = Instant::now();
+        let result = sync(&mut client, &job.id);
+        ours.push(ms(t.elapsed()));
+        assert_eq!(result["summary"]["sound"]["flex_calls"], 1, "{result}");
+        let t = Instant::now();
+        naive(&mut client);
+        theirs.push(ms(t.elapsed()));
+    }
+    b.line("| implementation | syncs | p50 ms | p95 ms | max ms |");
+    b.line("|---|---|---|---|---|");
+    b.line(&format!("| flex_sync_job | {} |", latency_figures(&mut ours)));
+    b.line(&format!("| naive PL/Python | {} |", latency_figures(&mut theirs)));
+    b.line("\nThe whole call as the client sees it (one listing each), after 20 warm-up calls of each. The naive");
+    b.line("one reads the desired crew and the rows, lists Flex, compares and writes its log row, and nothing else");
+    b.line("(no authorization, no checks, no lock, no record of lines). Goal: flex_sync at half the naive one or less.");
+}
+
 /// A named part of the benchmarks, run alone with `bench.sh <name>`.
 type Section = fn(&mut Bench);
 
@@ -580,7 +624,7 @@ fn main() {
     );
     b.line(&header);
     let only = std::env::args().nth(1);
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("calls", flex_calls),
         ("wall", wall_time),
         ("cost", database_cost),
@@ -588,6 +632,7 @@ fn main() {
         ("dedupe", dedupe),
         ("click", interactive_during_run),
         ("storm", storm_comparison),
+        ("naive", naive_comparison),
     ];
     for (name, section) in sections {
         if only.as_deref().is_none_or(|o| o == name) {
