@@ -30,7 +30,7 @@ pub fn normalize_departments(
     let mut out = Vec::with_capacity(requested.len());
     for name in requested {
         let name = department_key(name.as_deref().ok_or(InputError::NullDepartment)?);
-        if !known.iter().any(|k| *k == name) {
+        if !known.contains(&name) {
             return Err(InputError::UnknownDepartment(name));
         }
         out.push(name);

@@ -85,7 +85,7 @@ pub fn storm(engine: Engine, name: &str, unique_constraint: bool) -> Outcome {
             std::thread::spawn(move || {
                 let mut c = Client::connect(&conninfo, NoTls).unwrap();
                 let edge = EdgeFunction::new(&sim.server.base_url(), SIM_TOKEN);
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1) * 0x2545_F491);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((worker as u64 + 1) * 0x2545_F491));
                 let mut syncs = 0;
                 barrier.wait();
                 let end = Instant::now() + STORM;

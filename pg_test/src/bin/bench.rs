@@ -540,7 +540,8 @@ fn storm_comparison(b: &mut Bench) {
     let ours = storm(StormEngine::FlexSync, "bench_storm_ours", true);
     let edge = storm(StormEngine::EdgeFunction, "bench_storm_edge", true);
     let edge_old = storm(StormEngine::EdgeFunction, "bench_storm_edge_old", false);
-    let rows: [(&str, fn(&StormOutcome) -> String); 6] = [
+    type Count = fn(&StormOutcome) -> String;
+    let rows: [(&str, Count); 6] = [
         ("syncs during the storm", |o| o.syncs.to_string()),
         ("duplicate flex_crew_assignments rows", |o| o.duplicate_rows.to_string()),
         ("duplicate Flex contacts", |o| o.duplicate_contacts.to_string()),
