@@ -24,6 +24,10 @@ while read -r version commit; do
     git -C "$root" cat-file -e "$commit^{commit}" || { echo "release $version: commit $commit is not in this clone" >&2; exit 1; }
     mkdir -p "$work/$version"
     git -C "$root" archive "$commit" | tar -x -C "$work/$version"
+    # Every release builds into one target directory, where cargo names a workspace crate by its
+    # path in the workspace and trusts its sources' times, which git archive sets to the commit's:
+    # without this, a later release would link the crates an earlier one left there.
+    find "$work/$version" -type f -exec touch {} +
     # The release's own sources, built into their own target directory (it caches the dependencies).
     (cd "$work/$version" && CARGO_TARGET_DIR="$root/target/released" cargo pgrx schema pg15 --pg-config "$pg_config" \
         --out "$work/flex_sync--$version.sql" >"$work/$version.log" 2>&1) || { cat "$work/$version.log" >&2; exit 1; }

@@ -15,7 +15,8 @@ pgrx::pg_module_magic!();
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["queue"]);
-pgrx::extension_sql_file!("../sql/dedupe.sql", name = "dedupe", requires = ["schema"]);
+// One chain, so the install script comes out in the same order from every build.
+pgrx::extension_sql_file!("../sql/dedupe.sql", name = "dedupe", requires = ["health"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,7 +1,7 @@
 //! Runs the statements of `sql/queries/*.sql`, and nothing else: SPI stays here. Sets come back
-//! as one jsonb value per query and are parsed with serde. A sync makes two statements before its
-//! first Flex request (`check_call`, `call_context`) and three per department (a lock,
-//! `load_crew`, `write_outcome`).
+//! as one jsonb value per query and are parsed with serde. A sync makes three statements before
+//! its first Flex request (`check_call`, `call_context`, `settings`) and three per department (a
+//! lock, `load_crew`, `write_outcome`), a fourth when rows go (`delete_rows`).
 
 use std::collections::HashMap;
 
@@ -73,15 +73,17 @@ fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
     Ok(Spi::run_with_args(sql, args)?)
 }
 
-/// Who may call and whether the application's tables can take a sync, before anything else.
-pub fn check_call() -> Result<()> {
+/// Who may call (the rule raises itself), then, for a call with a job, whether the application's
+/// tables can take a sync.
+pub fn check_call(has_job: bool) -> Result<()> {
     #[derive(Deserialize)]
     struct Check {
         missing: Option<String>,
         unique: Option<bool>,
     }
-    let check: Check = query_json_prepared(include_str!("../sql/queries/check_call.sql"), &[])?;
+    let check: Check = query_json_prepared(include_str!("../sql/queries/check_call.sql"), &[has_job.into()])?;
     match check {
+        _ if !has_job => Ok(()),
         Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
         Check { unique: Some(true), .. } => Ok(()),
         _ => Err(FlexSyncError::NoUniqueConstraint),
@@ -105,13 +107,16 @@ pub struct CallContext {
     pub caller: String,
     pub time_left_ms: Option<i64>,
     pub rate_limited: bool,
-    pub settings: Option<StoredSettings>,
 }
 
 /// `departments`: the names asked for (trimmed, lower-cased), None for every crew call's.
 pub fn call_context(job: &str, departments: Option<Vec<String>>) -> Result<CallContext> {
     let standard: Vec<String> = flex_sync_core::input::STANDARD_DEPARTMENTS.iter().map(|d| d.to_string()).collect();
     query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into(), departments.into(), standard.into()])
+}
+
+pub fn settings() -> Result<Option<StoredSettings>> {
+    query_json_prepared(include_str!("../sql/queries/settings.sql"), &[])
 }
 
 /// Stores the endpoint and options; a token when one is given. Forgets what was learnt about the
@@ -232,11 +237,24 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy) -> Re
     }))
 }
 
-/// Records what Flex confirmed for one crew call and its log row, in one statement. Without a
-/// crew call (a skipped department) only the log row is written.
+/// Records what Flex confirmed for one crew call and its log row: one statement, or two when rows
+/// or line records go. Without a crew call (a skipped department) only the log row is written.
 pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Writes, log: LogEntry<'_>) -> Result<()> {
-    let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
-    let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows.iter().cloned().unzip();
+    if writes.deletes_rows() {
+        let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
+        let adopted: Vec<String> = writes.adopted_rows.iter().map(|(t, _)| t.clone()).collect();
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/delete_rows.sql"),
+            &[
+                crew_call.into(),
+                stale_technicians.into(),
+                stale_lines.into(),
+                writes.deleted_lines.clone().into(),
+                adopted.into(),
+            ],
+        )?;
+    }
+    let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows().into_iter().unzip();
     let records = &writes.line_records;
     let [added, removed, kept, roles_set, failed, flex_calls] = log.counts;
     first_value_prepared::<bool>(
@@ -244,9 +262,6 @@ pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Wr
         &[
             crew_call.into(),
             element.into(),
-            stale_technicians.into(),
-            stale_lines.into(),
-            writes.deleted_lines.clone().into(),
             row_technicians.into(),
             row_lines.into(),
             records.iter().map(|r| r.line_id.clone()).collect::<Vec<String>>().into(),

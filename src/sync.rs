@@ -27,7 +27,7 @@ pub struct SyncRequest {
 
 pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     // Everything that can reject the call happens before the first Flex request (I5).
-    store::check_call()?;
+    store::check_call(request.job.is_some())?;
     let job = request.job.ok_or(FlexSyncError::NullJob)?;
     let asked: Option<Vec<String>> =
         request.departments.as_ref().map(|list| list.iter().flatten().map(|d| department_key(d)).collect());
@@ -60,10 +60,10 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
 }
 
 fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
-    let settings = context.settings.as_ref().ok_or(FlexSyncError::NotConfigured)?;
+    let settings = store::settings()?.ok_or(FlexSyncError::NotConfigured)?;
     let options = Options::default().merged(&settings.options)?;
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
-    let token = settings.api_token.clone().filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
+    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
         Some(secret) => FlexSyncError::VaultSecretMissing(secret.clone()),
         None => FlexSyncError::NoToken,
     })?;

@@ -148,16 +148,35 @@ pub struct Writes {
     /// (technician, line) rows that point at a line Flex no longer has: deleted only while they
     /// still point there, so a row the application repointed meanwhile stays.
     pub stale_rows: Vec<(String, String)>,
-    /// Lines Flex deleted (or had already deleted): their rows and records go.
+    /// Lines Flex deleted (or had already deleted): their rows and records go, but the rows of
+    /// technicians whose contact is adopted, which are repointed instead.
     pub deleted_lines: Vec<String>,
-    /// (technician, line) rows to insert or repoint: adopted contacts and confirmed adds.
-    pub rows: Vec<(String, String)>,
+    /// (technician, line) rows to insert or repoint, for contacts Flex already held.
+    pub adopted_rows: Vec<(String, String)>,
+    /// (technician, line) rows for the adds Flex confirmed.
+    pub added_rows: Vec<(String, String)>,
     pub line_records: Vec<LineRecord>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.stale_rows.is_empty() && self.deleted_lines.is_empty() && self.rows.is_empty() && self.line_records.is_empty()
+        !self.deletes_rows() && self.adopted_rows.is_empty() && self.added_rows.is_empty() && self.line_records.is_empty()
+    }
+
+    /// Whether there are rows or line records to delete (they go first, in a statement of
+    /// their own, so that a row deleted and then written again is a new row, as it always was).
+    pub fn deletes_rows(&self) -> bool {
+        !self.stale_rows.is_empty() || !self.deleted_lines.is_empty()
+    }
+
+    /// Every row to insert or repoint, one per technician: where a technician is both adopted
+    /// and added, the add, which is written last, wins.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let mut seen = HashSet::new();
+        let mut rows: Vec<(String, String)> =
+            self.adopted_rows.iter().chain(&self.added_rows).rev().filter(|(t, _)| seen.insert(t.clone())).cloned().collect();
+        rows.reverse();
+        rows
     }
 }
 
@@ -340,6 +359,13 @@ pub struct Reconcile {
     unknown_adds: Vec<usize>,
     /// Answers to adds, kept while deletes are sent again line by line.
     add_answers: Vec<Answer>,
+    /// What the last step asked, so that every answer is to something asked and nothing asked
+    /// goes unanswered.
+    asked: Vec<Tag>,
+    /// Errors in the order summaries have always listed them: adds first (they come last), then
+    /// deletes, then role changes of kept contacts, then roles of new ones.
+    delete_errors: Vec<(ErrorCode, String)>,
+    role_errors: Vec<(ErrorCode, String)>,
 }
 
 impl Reconcile {
@@ -355,11 +381,32 @@ impl Reconcile {
             added: Vec::new(),
             unknown_adds: Vec::new(),
             add_answers: Vec::new(),
+            asked: Vec::new(),
+            delete_errors: Vec::new(),
+            role_errors: Vec::new(),
         }
+    }
+
+    /// The answers to what was asked, one each: answers to anything else are dropped, a repeated
+    /// answer counts once, and a call left unanswered counts as lost (Flex may have applied it).
+    fn answers_to_asked(&mut self, answers: Vec<Answer>) -> Vec<Answer> {
+        let asked = std::mem::take(&mut self.asked);
+        let mut answers: Vec<Option<Answer>> = answers.into_iter().map(Some).collect();
+        asked
+            .into_iter()
+            .map(|tag| {
+                answers.iter_mut().find(|a| a.as_ref().is_some_and(|a| a.tag == tag)).and_then(Option::take).unwrap_or(Answer {
+                    tag,
+                    outcome: Outcome::Failure(Failure::new(ErrorCode::WorkerLost, None, true)),
+                    role: None,
+                })
+            })
+            .collect()
     }
 
     /// The next step, given the answers to the calls the previous step asked for (none at first).
     pub fn step(&mut self, answers: Vec<Answer>) -> Step {
+        let answers = self.answers_to_asked(answers);
         let requests = match self.phase {
             Phase::Start => {
                 self.phase = Phase::Listing;
@@ -392,6 +439,7 @@ impl Reconcile {
             self.phase = Phase::Done;
             Step::Done(Box::new(self.conclude()))
         } else {
+            self.asked = requests.iter().map(|r| r.tag).collect();
             Step::Send(requests)
         }
     }
@@ -442,7 +490,7 @@ impl Reconcile {
             .filter(|r| self.plan.stale_rows.contains(&r.technician_id))
             .map(|r| (r.technician_id.clone(), r.line_id.clone()))
             .collect();
-        self.writes.rows = self.plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
+        self.writes.adopted_rows = self.plan.adoptions.iter().map(|a| (a.technician_id.clone(), a.line_id.clone())).collect();
         self.claimed = listing.contacts.iter().map(|c| c.line_id.clone()).collect();
 
         let mut requests: Vec<Request> =
@@ -477,7 +525,10 @@ impl Reconcile {
                 Tag::Add(_) => self.add_answers.push(answer),
                 Tag::SetRole(i) => {
                     let role = self.plan.role_sets[i].clone();
-                    if self.role_applied(&answer.outcome, format!("business role of line {} not set", role.line_id)) {
+                    let what = format!("business role of line {} not set", role.line_id);
+                    if let Some(error) = self.role_error(&answer.outcome, what) {
+                        self.role_errors.push(error);
+                    } else {
                         self.writes.line_records.push(LineRecord {
                             line_id: role.line_id,
                             resource_id: role.resource_id,
@@ -529,7 +580,7 @@ impl Reconcile {
                 // Already gone is what we wanted.
                 Outcome::Failure(f) if f.status == Some(404) => true,
                 Outcome::Failure(f) => {
-                    self.report.error(f.code, format!("delete of line {} failed", delete.line_id));
+                    self.delete_errors.push((f.code, format!("delete of line {} failed", delete.line_id)));
                     false
                 }
             };
@@ -648,26 +699,30 @@ impl Reconcile {
         self.report.error(code, format!("add failed for tech {tech}"));
     }
 
-    fn role_applied(&mut self, outcome: &Outcome, what: String) -> bool {
+    /// Counts a role Flex took; for one it refused, the error to report.
+    fn role_error(&mut self, outcome: &Outcome, what: String) -> Option<(ErrorCode, String)> {
         match outcome {
             Outcome::Success(_) => {
                 self.report.roles_set += 1;
-                true
+                None
             }
-            Outcome::Failure(f) => {
-                self.report.error(f.code, what);
-                false
-            }
+            Outcome::Failure(f) => Some((f.code, what)),
         }
     }
 
     fn conclude(&mut self) -> Conclusion {
-        let mut added = std::mem::take(&mut self.added);
-        added.sort_by_key(|a| a.add);
+        let added = std::mem::take(&mut self.added);
+        self.report.errors.append(&mut self.delete_errors);
+        self.report.errors.append(&mut self.role_errors);
         for new in &added {
             let add = self.plan.adds[new.add].clone();
             let applied = match &new.role {
-                Some(outcome) => self.role_applied(outcome, format!("business role of tech {} not set", add.technician_id)),
+                Some(outcome) => {
+                    let error = self.role_error(outcome, format!("business role of tech {} not set", add.technician_id));
+                    let applied = error.is_none();
+                    self.report.errors.extend(error);
+                    applied
+                }
                 None => false,
             };
             self.writes.line_records.push(LineRecord {
@@ -676,7 +731,7 @@ impl Reconcile {
                 created_by_sync: true,
                 applied_role: if applied { add.role_id.clone() } else { None },
             });
-            self.writes.rows.push((add.technician_id, new.line.clone()));
+            self.writes.added_rows.push((add.technician_id, new.line.clone()));
         }
         self.report.added = added.len();
         Conclusion { report: std::mem::take(&mut self.report), writes: std::mem::take(&mut self.writes) }
@@ -778,7 +833,7 @@ mod tests {
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)]);
         assert_eq!(asked[1].role_after_add.as_deref(), Some("ROLE-T"));
         assert_eq!((done.report.added, done.report.roles_set, done.report.status()), (1, 1, Status::Ok));
-        assert_eq!(done.writes.rows, vec![("t1".to_string(), "new-1".to_string())]);
+        assert_eq!(done.writes.rows(), vec![("t1".to_string(), "new-1".to_string())]);
         assert_eq!(done.writes.line_records[0].applied_role.as_deref(), Some("ROLE-T"));
         assert!(done.writes.line_records[0].created_by_sync);
     }
@@ -801,7 +856,7 @@ mod tests {
         });
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)], "a refused add is not looked up");
         assert_eq!((done.report.failed_adds, done.report.status()), (1, Status::Partial));
-        assert!(done.writes.rows.is_empty());
+        assert!(done.writes.rows().is_empty());
     }
 
     #[test]
@@ -818,7 +873,7 @@ mod tests {
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting, Tag::RoleOfAdd(0)]);
         assert!(matches!(&asked[3].call, FlexCall::SetRole { line, .. } if line == "made-1"));
         assert_eq!((done.report.added, done.report.roles_set, done.report.status()), (1, 1, Status::Ok));
-        assert_eq!(done.writes.rows, vec![("t1".to_string(), "made-1".to_string())]);
+        assert_eq!(done.writes.rows(), vec![("t1".to_string(), "made-1".to_string())]);
     }
 
     #[test]
@@ -829,7 +884,7 @@ mod tests {
             _ => answer(r.tag, added("second-1")),
         });
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting, Tag::AddAgain(0)]);
-        assert_eq!(done.writes.rows, vec![("t1".to_string(), "second-1".to_string())]);
+        assert_eq!(done.writes.rows(), vec![("t1".to_string(), "second-1".to_string())]);
         // Once more only: an answer without an id again is reported, not repeated.
         let (unsure, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
             Tag::Listing | Tag::Relisting => answer(r.tag, ok(&listing(&[]))),
@@ -837,7 +892,7 @@ mod tests {
         });
         assert_eq!(asked.len(), 4);
         assert_eq!(unsure.report.errors[0].0, ErrorCode::AddUnconfirmed);
-        assert!(unsure.writes.rows.is_empty());
+        assert!(unsure.writes.rows().is_empty());
     }
 
     #[test]
@@ -869,8 +924,9 @@ mod tests {
         });
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Add(1), Tag::Relisting, Tag::AddAgain(0)]);
         assert_eq!(
-            done.writes.rows,
-            vec![("t1".to_string(), "again-1".to_string()), ("t2".to_string(), "made-2".to_string())]
+            done.writes.rows(),
+            vec![("t2".to_string(), "made-2".to_string()), ("t1".to_string(), "again-1".to_string())],
+            "in the order Flex confirmed them"
         );
         assert_eq!((done.report.added, done.report.status()), (2, Status::Ok));
     }
@@ -887,7 +943,7 @@ mod tests {
     fn deletes_go_in_one_bulk_call_and_a_404_means_gone() {
         let (done, asked) = run(two_to_delete(), |r| answer(r.tag, ok(&listing_of_two())));
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
-        assert_eq!((done.report.removed, done.report.status()), (2, Status::Ok));
+        assert_eq!((done.report.removed, done.report.orphans_removed, done.report.status()), (2, 2, Status::Ok));
         assert_eq!(done.writes.deleted_lines, vec!["x1".to_string(), "x2".to_string()]);
         let (gone, asked) = run(input(vec![], vec![]), |r| match r.tag {
             Tag::Listing => answer(r.tag, ok(&listing(&[("x1", "gone-1")]))),
@@ -947,7 +1003,7 @@ mod tests {
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)]);
         assert_eq!(done.writes.stale_rows, vec![("t1".to_string(), "lost".to_string())]);
         assert_eq!(
-            done.writes.rows,
+            done.writes.rows(),
             vec![("t2".to_string(), "l2".to_string()), ("t1".to_string(), "l1-new".to_string())]
         );
         assert_eq!((done.report.adopted, done.report.stale_removed, done.report.added), (1, 1, 1));
@@ -990,4 +1046,107 @@ mod tests {
             assert_eq!(code.to_string(), text);
         }
     }
+
+    #[test]
+    fn errors_come_adds_first_then_deletes_then_roles_of_kept_then_roles_of_new() {
+        let rows = vec![DbRow { technician_id: "t1".into(), line_id: "l1".into() }];
+        let desired = vec![tech("t1", "r1", Some("SND-PA-T")), tech("t2", "r2", None), tech("t3", "r3", Some("SND-PA-T"))];
+        let (done, _) = run(input(desired, rows), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[("l1", "r1"), ("x", "gone")]))),
+            Tag::SetRole(_) => answer(r.tag, failed(ErrorCode::Http(500), Some(500), false)),
+            Tag::Delete(_) => answer(r.tag, failed(ErrorCode::Http(502), Some(502), false)),
+            Tag::Add(0) => answer(r.tag, failed(ErrorCode::Http(400), Some(400), false)),
+            _ => Answer { tag: r.tag, outcome: added("n3"), role: Some(failed(ErrorCode::Timeout, None, false)) },
+        });
+        let codes: Vec<String> = done.report.errors.iter().map(|(c, _)| c.to_string()).collect();
+        assert_eq!(codes, ["flex_http_400", "flex_http_502", "flex_http_500", "flex_timeout"], "{:?}", done.report.errors);
+    }
+
+    #[test]
+    fn answers_to_nothing_asked_are_dropped_and_a_call_left_unanswered_counts_as_lost() {
+        let mut listings = 0;
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => {
+                listings += 1;
+                answer(r.tag, ok(&listing(if listings == 1 { &[] } else { &[("made", "r1")] })))
+            }
+            // The add's own answer never comes; one to a role change nobody asked for does.
+            _ => answer(Tag::SetRole(7), ok(b"{}")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::Relisting], "lost, so looked up: {asked:?}");
+        assert_eq!(done.writes.rows(), vec![("t1".to_string(), "made".to_string())]);
+        assert_eq!(done.report.roles_set, 0);
+        let (silent, _) = run(input(vec![], vec![]), |_| answer(Tag::Delete(9), ok(b"{}")));
+        assert_eq!(silent.report.status(), Status::Failed);
+        assert_eq!(silent.report.errors[0].0, ErrorCode::WorkerLost);
+    }
+
+    #[test]
+    fn an_unreadable_relisting_and_a_refused_second_add_are_reported() {
+        let mut listings = 0;
+        let (unreadable, _) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => {
+                listings += 1;
+                answer(r.tag, if listings == 1 { ok(&listing(&[])) } else { ok(b"<html>") })
+            }
+            _ => answer(r.tag, failed(ErrorCode::Timeout, None, true)),
+        });
+        assert_eq!(unreadable.report.errors[0].0, ErrorCode::AddUnconfirmed);
+        let (refused, asked) = run(input(vec![tech("t1", "r1", None)], vec![]), |r| match r.tag {
+            Tag::Listing | Tag::Relisting => answer(r.tag, ok(&listing(&[]))),
+            Tag::Add(_) => answer(r.tag, failed(ErrorCode::Timeout, None, true)),
+            _ => answer(r.tag, failed(ErrorCode::Http(409), Some(409), false)),
+        });
+        assert_eq!(tags(&asked).last(), Some(&Tag::AddAgain(0)));
+        assert_eq!((refused.report.failed_adds, refused.report.errors[0].0), (1, ErrorCode::Http(409)));
+        assert!(refused.writes.rows().is_empty());
+    }
+
+    #[test]
+    fn an_add_whose_role_never_went_gets_it_sent_last() {
+        let (done, asked) = run(input(vec![tech("t1", "r1", Some("SND-PA-T"))], vec![]), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[]))),
+            // The add answered with its id, but its role was never sent (no follow-up outcome).
+            Tag::Add(_) => answer(r.tag, added("new-1")),
+            _ => answer(r.tag, ok(b"{}")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0), Tag::RoleOfAdd(0)]);
+        assert_eq!(done.report.roles_set, 1);
+        assert_eq!(done.writes.line_records[0].applied_role.as_deref(), Some("ROLE-T"));
+    }
+
+    #[test]
+    fn an_auth_failure_of_a_bulk_delete_is_not_a_refusal_of_bulk_deletes() {
+        for status in [401, 403] {
+            let (done, asked) = run(two_to_delete(), |r| match r.tag {
+                Tag::Listing => answer(r.tag, ok(&listing_of_two())),
+                _ => answer(r.tag, failed(ErrorCode::Unauthorized, Some(status), false)),
+            });
+            assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
+            assert_eq!(done.report.errors.len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_duplicate_contact_is_deleted_and_counted_as_one() {
+        let rows = vec![DbRow { technician_id: "t1".into(), line_id: "l1".into() }];
+        let (done, asked) = run(input(vec![tech("t1", "r1", None)], rows), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&listing(&[("l1", "r1"), ("l2", "r1")]))),
+            _ => answer(r.tag, ok(b"{}")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Delete(0)]);
+        assert_eq!((done.report.removed, done.report.duplicates_removed, done.report.kept), (1, 1, 1));
+        assert_eq!(done.writes.deleted_lines, vec!["l2".to_string()]);
+    }
+
+    #[test]
+    fn a_technician_both_adopted_and_added_gets_one_row_the_add() {
+        let writes = Writes {
+            adopted_rows: vec![("t1".into(), "old".into()), ("t2".into(), "kept".into())],
+            added_rows: vec![("t1".into(), "new".into())],
+            ..Writes::default()
+        };
+        assert_eq!(writes.rows(), vec![("t2".to_string(), "kept".to_string()), ("t1".to_string(), "new".to_string())]);
+    }
+
 }

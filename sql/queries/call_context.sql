@@ -1,4 +1,4 @@
--- Everything else a flex_sync_job call needs before its first Flex request, in one statement.
+-- What a flex_sync_job call checks its input against, in one statement.
 -- $1 the job; $2 the departments asked for (trimmed, lower-cased), NULL for every department
 -- with a crew call; $3 the standard department names.
 -- departments: with $2, those of them that are known (standard, or used by some crew call: the
@@ -6,7 +6,6 @@
 -- caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject.
 -- time_left_ms: what is left of statement_timeout, NULL without one.
 -- rate_limited: whether a recent sync found Flex's hourly budget spent.
--- settings: base_url, api_token (from Vault or the store) and options; NULL when unconfigured.
 SELECT jsonb_build_object(
     'isolation', current_setting('transaction_isolation'),
     'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
@@ -25,5 +24,4 @@ SELECT jsonb_build_object(
                     ELSE (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000
                           - extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
                     END,
-    'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false),
-    'settings', (SELECT to_jsonb(s) FROM flex_sync_private.effective_settings() s WHERE s.base_url IS NOT NULL))
+    'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false))

@@ -15,7 +15,7 @@ END
 $$;
 \getenv sim_url FLEX_SIM_URL
 CREATE EXTENSION flex_sync;
--- Without the application's tables.
+-- Without the application's tables: the authorization rule runs first, and reads profiles.
 SELECT pg_temp.attempt($$SELECT flex_sync_job(gen_random_uuid())$$);
 SELECT flex_sync_install_reference_schema();
 -- Not configured.
