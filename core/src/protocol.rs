@@ -608,7 +608,7 @@ impl Reconcile {
                     None => self.unknown_adds.push(i),
                 },
                 Outcome::Failure(f) if f.ambiguous => self.unknown_adds.push(i),
-                Outcome::Failure(f) => self.add_failed(i, f.code),
+                Outcome::Failure(f) => self.add_failed(i, f.code, |tech| format!("add failed for tech {tech}")),
             }
         }
         if self.unknown_adds.is_empty() {
@@ -626,12 +626,9 @@ impl Reconcile {
         };
         let Some(listing) = listing else {
             for i in unknown {
-                self.report.failed_adds += 1;
-                let tech = &self.plan.adds[i].technician_id;
-                self.report.error(
-                    ErrorCode::AddUnconfirmed,
-                    format!("add for tech {tech} may or may not have applied; the next sync adopts it if it did"),
-                );
+                self.add_failed(i, ErrorCode::AddUnconfirmed, |tech| {
+                    format!("add for tech {tech} may or may not have applied; the next sync adopts it if it did")
+                });
             }
             return self.roles_of_adds();
         };
@@ -659,14 +656,11 @@ impl Reconcile {
             match answer.outcome {
                 Outcome::Success(body) => match parse_added_line_id(&body) {
                     Some(line) => self.confirm_add(i, line, answer.role),
-                    None => {
-                        self.report.failed_adds += 1;
-                        let tech = &self.plan.adds[i].technician_id;
-                        self.report
-                            .error(ErrorCode::AddUnconfirmed, format!("add for tech {tech} returned no line id; the next sync adopts it"));
-                    }
+                    None => self.add_failed(i, ErrorCode::AddUnconfirmed, |tech| {
+                        format!("add for tech {tech} returned no line id; the next sync adopts it")
+                    }),
                 },
-                Outcome::Failure(f) => self.add_failed(i, f.code),
+                Outcome::Failure(f) => self.add_failed(i, f.code, |tech| format!("add failed for tech {tech}")),
             }
         }
     }
@@ -693,10 +687,11 @@ impl Reconcile {
         self.added.push(Added { add, line, role });
     }
 
-    fn add_failed(&mut self, add: usize, code: ErrorCode) {
+    /// An add that made no contact the sync can record: counted, and reported as `what` says.
+    fn add_failed(&mut self, add: usize, code: ErrorCode, what: impl FnOnce(&str) -> String) {
         self.report.failed_adds += 1;
-        let tech = &self.plan.adds[add].technician_id;
-        self.report.error(code, format!("add failed for tech {tech}"));
+        let what = what(&self.plan.adds[add].technician_id);
+        self.report.error(code, what);
     }
 
     /// Counts a role Flex took; for one it refused, the error to report.
