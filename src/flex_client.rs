@@ -4,6 +4,7 @@
 //! by a cancel finish on their own (bounded by the request timeout) and their answers are dropped.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -87,7 +88,7 @@ impl FlexClient {
         for _ in 0..workers {
             let worker = Arc::clone(&self.worker);
             let (queue, tx) = (Arc::clone(&queue), tx.clone());
-            std::thread::spawn(move || {
+            run_on_pool(Box::new(move || {
                 while let Some(task) = queue.take() {
                     let done = worker.serve(&task);
                     // The answer goes out before its follow-up is queued, so it arrives first.
@@ -98,7 +99,7 @@ impl FlexClient {
                     }
                     queue.finish(done.follow_up);
                 }
-            });
+            }));
         }
         drop(tx);
         let mut answers: Vec<Answer> = tags
@@ -187,6 +188,41 @@ struct Done {
     follow_up: Option<Task>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The backend's worker threads: they live as long as the backend and wait for jobs, so a sync
+/// does not start a thread per batch of calls. A job runs on an idle thread, or on a new one when
+/// every thread is busy (workers a cancelled sync left behind are still finishing).
+struct Pool {
+    jobs: Mutex<(VecDeque<Job>, usize)>,
+    ready: Condvar,
+}
+
+fn run_on_pool(job: Job) {
+    static POOL: Pool = Pool { jobs: Mutex::new((VecDeque::new(), 0)), ready: Condvar::new() };
+    let mut state = POOL.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    let idle = state.1;
+    state.0.push_back(job);
+    if idle > state.0.len() - 1 {
+        POOL.ready.notify_one();
+        return;
+    }
+    drop(state);
+    std::thread::spawn(|| loop {
+        let mut state = POOL.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let job = loop {
+            if let Some(job) = state.0.pop_front() {
+                break job;
+            }
+            state.1 += 1;
+            state = POOL.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.1 -= 1;
+        };
+        drop(state);
+        job();
+    });
+}
+
 /// One agent per backend, connect timeout and loopback switch: building one sets up TLS, and
 /// reusing it keeps connections to Flex alive from one sync to the next.
 fn shared_agent(connect_timeout_ms: u64, allow_insecure_loopback: bool) -> ureq::Agent {
@@ -230,7 +266,18 @@ impl Resolver for CheckedResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let addrs = self.inner.resolve(uri, config, timeout)?;
+        // A literal address needs no lookup, and the default resolver would start a thread
+        // for it on every request.
+        let literal = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')).and_then(|h| h.parse::<IpAddr>().ok());
+        let addrs = match literal {
+            Some(ip) => {
+                let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+                let mut addrs = self.empty();
+                addrs.push(SocketAddr::new(ip, port));
+                addrs
+            }
+            None => self.inner.resolve(uri, config, timeout)?,
+        };
         // ureq returns a resolver's error from the call as it is, for classify_transport_error.
         check_resolved(addrs, self.allow_insecure_loopback)
             .map_err(|refused| ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, refused)))

@@ -102,17 +102,20 @@ pub struct StoredSettings {
 pub struct CallContext {
     pub isolation: String,
     pub job_exists: bool,
-    /// The departments asked for that are known, or the job's crew calls' departments.
+    /// The departments of the job's crew calls, sorted.
     pub departments: Vec<String>,
     pub caller: String,
     pub time_left_ms: Option<i64>,
     pub rate_limited: bool,
 }
 
-/// `departments`: the names asked for (trimmed, lower-cased), None for every crew call's.
-pub fn call_context(job: &str, departments: Option<Vec<String>>) -> Result<CallContext> {
-    let standard: Vec<String> = flex_sync_core::input::STANDARD_DEPARTMENTS.iter().map(|d| d.to_string()).collect();
-    query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into(), departments.into(), standard.into()])
+pub fn call_context(job: &str) -> Result<CallContext> {
+    query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into()])
+}
+
+/// Those of `names` (trimmed, lower-cased) that some crew call uses as its department.
+pub fn departments_in_use(names: Vec<String>) -> Result<Vec<String>> {
+    query_json(include_str!("../sql/queries/departments_in_use.sql"), &[names.into()])
 }
 
 pub fn settings() -> Result<Option<StoredSettings>> {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use flex_sync_core::input::{department_key, normalize_departments};
+use flex_sync_core::input::{known_departments, names_to_look_up, normalize_departments};
 use flex_sync_core::protocol::{Conclusion, Measured, Reconcile, Report, Skip, Status, Step, Writes};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
@@ -29,15 +29,19 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     // Everything that can reject the call happens before the first Flex request (I5).
     store::check_call(request.job.is_some())?;
     let job = request.job.ok_or(FlexSyncError::NullJob)?;
-    let asked: Option<Vec<String>> =
-        request.departments.as_ref().map(|list| list.iter().flatten().map(|d| department_key(d)).collect());
-    let context = store::call_context(&job, asked)?;
+    let context = store::call_context(&job)?;
     // These keep the snapshot they took before the lock, so they would reconcile stale rows.
     if matches!(context.isolation.as_str(), "repeatable read" | "serializable") {
         return Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase()));
     }
     let departments = match &request.departments {
-        Some(list) => normalize_departments(list, &context.departments)?,
+        Some(list) => {
+            let in_use = match names_to_look_up(list, &context.departments) {
+                names if names.is_empty() => Vec::new(),
+                names => store::departments_in_use(names)?,
+            };
+            normalize_departments(list, &known_departments(&context.departments, in_use))?
+        }
         None => context.departments.clone(),
     };
     if !context.job_exists {

@@ -40,6 +40,30 @@ pub fn normalize_departments(
     Ok(out)
 }
 
+/// The names asked for that only the database can tell apart from a typo: neither standard nor
+/// a department of the job's own crew calls (`normalize_departments` then accepts the ones some
+/// crew call uses).
+pub fn names_to_look_up(requested: &[Option<String>], job_departments: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = requested
+        .iter()
+        .flatten()
+        .map(|name| department_key(name))
+        .filter(|key| !STANDARD_DEPARTMENTS.contains(&key.as_str()) && !job_departments.contains(key))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// What `normalize_departments` accepts: the standard names, the job's crew calls' departments
+/// and the looked-up names that some crew call uses.
+pub fn known_departments(job_departments: &[String], in_use: Vec<String>) -> Vec<String> {
+    let mut known: Vec<String> = STANDARD_DEPARTMENTS.iter().map(|d| d.to_string()).collect();
+    known.extend(job_departments.iter().cloned());
+    known.extend(in_use);
+    known
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +76,19 @@ mod tests {
     fn trims_lowercases_sorts_and_collapses() {
         let req = [Some(" Sound ".into()), Some("LIGHTS".into()), Some("sound".into())];
         assert_eq!(normalize_departments(&req, &known()).unwrap(), vec!["lights", "sound"]);
+    }
+
+    #[test]
+    fn only_names_neither_standard_nor_the_jobs_are_looked_up() {
+        let req = [Some(" Rigging ".into()), Some("SOUND".into()), Some("staging".into()), None, Some("rigging".into())];
+        assert_eq!(names_to_look_up(&req, &["staging".to_string()]), vec!["rigging"]);
+        assert!(names_to_look_up(&[Some("Lights".into())], &[]).is_empty());
+        let known = known_departments(&["staging".to_string()], vec!["rigging".to_string()]);
+        assert_eq!(normalize_departments(&req[..3], &known).unwrap(), vec!["rigging", "sound", "staging"]);
+        assert_eq!(
+            normalize_departments(&[Some("catering".into())], &known),
+            Err(InputError::UnknownDepartment("catering".into()))
+        );
     }
 
     #[test]

@@ -1,23 +1,15 @@
--- What a flex_sync_job call checks its input against, in one statement.
--- $1 the job; $2 the departments asked for (trimmed, lower-cased), NULL for every department
--- with a crew call; $3 the standard department names.
--- departments: with $2, those of them that are known (standard, or used by some crew call: the
--- table is read only for other names); without, the job's crew calls' departments, sorted.
+-- What a flex_sync_job call checks its input against, in one statement. $1 the job.
+-- departments: the job's crew calls' departments (trimmed, lower-cased, sorted).
 -- caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject.
 -- time_left_ms: what is left of statement_timeout, NULL without one.
 -- rate_limited: whether a recent sync found Flex's hourly budget spent.
+-- Every part costs the same whatever $1 is, so the plan cache keeps one generic plan instead of
+-- planning the statement again on every call.
 SELECT jsonb_build_object(
     'isolation', current_setting('transaction_isolation'),
     'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
-    'departments', CASE
-        WHEN $2::text[] IS NULL THEN
-            (SELECT coalesce(jsonb_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')
-             FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid)
-        ELSE
-            (SELECT coalesce(jsonb_agg(DISTINCT d), '[]') FROM unnest($2::text[]) d
-             WHERE d = ANY ($3::text[])
-                OR EXISTS (SELECT 1 FROM public.flex_crew_calls c WHERE lower(btrim(c.department)) = d))
-        END,
+    'departments', (SELECT coalesce(jsonb_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')
+                    FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid),
     'caller', coalesce(nullif(current_setting('role'), 'none'), session_user::text)
               || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), ''),
     'time_left_ms', CASE WHEN current_setting('statement_timeout') IN ('0', '0ms') THEN NULL
