@@ -23,6 +23,7 @@ step() {
 
 pg_config=/usr/lib/postgresql/15/bin/pg_config
 step unit cargo test -p flex_sync_core -p flex_sync_pg_test --lib
+step simulation cargo test -p flex_sync_core --test simulation
 # #[pg_test] refuses to run as root; its cluster runs as postgres in a directory postgres owns.
 pgrx_data=/tmp/flex_sync_pgrx_test
 [ "$(id -u)" = 0 ] && { rm -rf "$pgrx_data"; mkdir -p "$pgrx_data"; chown postgres:postgres "$pgrx_data"; }

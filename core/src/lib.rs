@@ -8,3 +8,4 @@ pub mod plan;
 pub mod protocol;
 pub mod roles;
 pub mod settings;
+pub mod simulation;
