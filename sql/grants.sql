@@ -7,14 +7,17 @@
 -- intended, then refuses to finish if one is left. Every install and update script ends with it.
 
 -- The grants the extension makes itself, where the role exists: the frontend's roles may call
--- the sync (flex_sync_private.authorize() still refuses anon and non-managers). Nothing else.
+-- the sync and its preview (flex_sync_private.authorize() still refuses anon and non-managers).
+-- Nothing else.
 CREATE FUNCTION flex_sync_private.intended_grants()
 RETURNS TABLE (object text, grantee name, privilege text)
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    VALUES ('@extschema@.flex_sync_job(uuid,text[],boolean)', 'authenticated'::name, 'EXECUTE'),
-           ('@extschema@.flex_sync_job(uuid,text[],boolean)', 'service_role'::name, 'EXECUTE');
+    VALUES ('@extschema@.flex_sync_job(uuid,text[],boolean,boolean)', 'authenticated'::name, 'EXECUTE'),
+           ('@extschema@.flex_sync_job(uuid,text[],boolean,boolean)', 'service_role'::name, 'EXECUTE'),
+           ('@extschema@.flex_sync_plan(uuid,text[])', 'authenticated'::name, 'EXECUTE'),
+           ('@extschema@.flex_sync_plan(uuid,text[])', 'service_role'::name, 'EXECUTE');
 $$;
 
 -- Every privilege on a member of the extension held by a role other than the object's owner

@@ -2,9 +2,11 @@
 --
 -- Two tables hold an item's state. `dirty` has the marks: plain inserts by the triggers, so an
 -- application write never waits for a running sync. `retry_state` has the items whose last sync
--- failed: once an item has a row there, that row alone makes it due (at next_attempt_at, or never
--- while dead), and its marks are folded into it, so a run never walks the marks of an item that
--- is backing off or dead. Both are written by a scheduler only while it holds the item's lock.
+-- failed or was held: once an item has a row there, that row alone makes it due (at
+-- next_attempt_at, or never while dead or held), and its marks are folded into it, so a run
+-- never walks the marks of an item that is backing off or dead. A mark of a held item ends the
+-- hold instead (its desired set may have changed): the item is synced again. Both are written
+-- by a scheduler only while it holds the item's lock (a sync that ends clean also ends a hold).
 
 -- The advisory lock of one item, shared by the sync (held for its transaction) and the queue: the
 -- two-int form with classid 'FLXS', which applications using the one-bigint form can never
@@ -25,7 +27,9 @@ CREATE TABLE flex_sync_private.dirty (
 CREATE INDEX dirty_item_idx ON flex_sync_private.dirty (job_id, department, mark_id);
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.dirty', '');
 
--- dirty_since: when the oldest mark the item's failed syncs folded in was made.
+-- dirty_since: when the oldest mark the item's failed syncs folded in was made. held_reason: the
+-- guard held the item's deletes (next_attempt_at is infinity until a mark, a force or a clean
+-- sync ends the hold).
 CREATE TABLE flex_sync_private.retry_state (
     job_id          uuid NOT NULL,
     department      text NOT NULL,
@@ -34,11 +38,24 @@ CREATE TABLE flex_sync_private.retry_state (
     last_error      text,
     dead            boolean NOT NULL DEFAULT false,
     dirty_since     timestamptz,
+    held_reason     text,
     PRIMARY KEY (job_id, department)
 );
 -- Only the items that will be retried: a run finds the due ones without reading the dead.
 CREATE INDEX retry_state_due_idx ON flex_sync_private.retry_state (next_attempt_at) WHERE NOT dead;
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.retry_state', '');
+
+-- The last drift check of each crew call (flex_sync_drift, which lists the least recently
+-- checked first); in_sync NULL when its listing failed.
+CREATE TABLE flex_sync_private.drift_checks (
+    crew_call_id uuid PRIMARY KEY,
+    job_id       uuid NOT NULL,
+    department   text NOT NULL,
+    checked_at   timestamptz NOT NULL,
+    in_sync      boolean,
+    drift        jsonb NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.drift_checks', '');
 
 CREATE FUNCTION flex_sync_private.mark_dirty(p_job_id uuid, p_department text)
 RETURNS void
@@ -190,7 +207,7 @@ BEGIN
         'after_mark', 0, 'taken', '[]'::jsonb,
         -- Whether items may still be due, and whether the last prune found a full batch.
         'items', true, 'prune', true, 'prune_after', '-infinity'::timestamptz,
-        'synced', 0, 'failed', 0, 'skipped', 0, 'pruned', 0);
+        'synced', 0, 'failed', 0, 'skipped', 0, 'held', 0, 'pruned', 0);
 END
 $$;
 
@@ -204,7 +221,8 @@ $$;
 -- subtransaction; one another scheduler holds is skipped (its lock is busy), so two schedulers
 -- never sync one item at once. After the sync only the marks read before it began go: a mark
 -- committed later, even one with a smaller id, keeps the item due. Failures back off
--- exponentially with jitter; after max_attempts the item is dead until flex_sync_requeue().
+-- exponentially with jitter; after max_attempts the item is dead until flex_sync_requeue(). A
+-- sync the guard held leaves the item held: not retried, until a mark ends the hold.
 -- While Flex's hourly budget is known to be spent nothing is synced (the run reports
 -- paused_until). Returns the next state, or the run's report (it has the key "remaining") when
 -- the run is over.
@@ -233,6 +251,7 @@ DECLARE
     result      jsonb;
     status      text;
     failure     text;
+    held        text;
     pruned      integer;
     through     timestamptz;
     paused      timestamptz;
@@ -281,17 +300,21 @@ BEGIN
                 held_class := item_key.classid;
                 held_obj := item_key.objid;
                 -- One statement, so a requeue (which deletes the retry row and marks the item)
-                -- is seen whole or not at all.
+                -- is seen whole or not at all. A held item's row goes and its marks stay.
                 WITH retry AS (
-                    SELECT 1 FROM flex_sync_private.retry_state r
+                    SELECT r.held_reason IS NOT NULL AS held FROM flex_sync_private.retry_state r
                     WHERE r.job_id = item.job_id AND r.department = item.department
+                ), released AS (
+                    DELETE FROM flex_sync_private.retry_state r
+                    WHERE r.job_id = item.job_id AND r.department = item.department AND r.held_reason IS NOT NULL
+                    RETURNING 1
                 ), folded AS (
                     DELETE FROM flex_sync_private.dirty d
                     WHERE d.job_id = item.job_id AND d.department = item.department
-                      AND EXISTS (SELECT 1 FROM retry)
+                      AND EXISTS (SELECT 1 FROM retry WHERE NOT retry.held)
                     RETURNING 1
                 )
-                SELECT EXISTS (SELECT 1 FROM retry) INTO waiting;
+                SELECT EXISTS (SELECT 1 FROM retry WHERE NOT retry.held) INTO waiting;
                 PERFORM pg_advisory_unlock(held_class, held_obj);
                 held_class := NULL;
                 has_item := NOT waiting;
@@ -314,10 +337,14 @@ BEGIN
         FROM flex_sync_private.dirty d WHERE d.job_id = item.job_id AND d.department = item.department;
         failure := NULL;
         status := NULL;
+        held := NULL;
         BEGIN
             result := @extschema@.flex_sync_job(item.job_id, ARRAY[item.department], false);
             status := result -> 'summary' -> item.department ->> 'status';
-            IF status IN ('failed', 'partial') THEN
+            IF status = 'held' THEN
+                held := (result -> 'summary' -> item.department -> 'held' ->> 'reason') || ': '
+                        || (result -> 'summary' -> item.department -> 'held' ->> 'note');
+            ELSIF status IN ('failed', 'partial') THEN
                 failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
             ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'skip' = 'no_crew_call' THEN
                 failure := 'no_crew_call: the job has no crew call for the department';
@@ -339,7 +366,15 @@ BEGIN
         ELSE
             DELETE FROM flex_sync_private.dirty
             WHERE job_id = item.job_id AND department = item.department AND mark_id = ANY (seen);
-            IF failure IS NULL THEN
+            IF held IS NOT NULL THEN
+                run := run || jsonb_build_object('held', (run ->> 'held')::integer + 1);
+                INSERT INTO flex_sync_private.retry_state AS r
+                       (job_id, department, attempts, next_attempt_at, last_error, held_reason, dirty_since)
+                VALUES (item.job_id, item.department, 0, 'infinity', held, held, coalesce(since, moment))
+                ON CONFLICT (job_id, department) DO UPDATE
+                SET attempts = 0, next_attempt_at = 'infinity', last_error = EXCLUDED.last_error, dead = false,
+                    held_reason = EXCLUDED.held_reason, dirty_since = least(r.dirty_since, EXCLUDED.dirty_since);
+            ELSIF failure IS NULL THEN
                 run := run || jsonb_build_object('synced', (run ->> 'synced')::integer + 1);
                 DELETE FROM flex_sync_private.retry_state WHERE job_id = item.job_id AND department = item.department;
             ELSE
@@ -354,6 +389,7 @@ BEGIN
                     next_attempt_at = clock_timestamp() + interval '1 second' * random() * least(3600, 2 ^ (r.attempts + 1) * 5),
                     last_error = EXCLUDED.last_error,
                     dead = r.attempts + 1 >= (run ->> 'max_attempts')::integer,
+                    held_reason = NULL,
                     dirty_since = least(r.dirty_since, EXCLUDED.dirty_since);
             END IF;
         END IF;
@@ -364,7 +400,8 @@ BEGIN
         RETURN run;
     END IF;
     RETURN jsonb_build_object(
-        'synced', run -> 'synced', 'failed', run -> 'failed', 'skipped', run -> 'skipped', 'pruned', run -> 'pruned',
+        'synced', run -> 'synced', 'failed', run -> 'failed', 'skipped', run -> 'skipped', 'held', run -> 'held',
+        'pruned', run -> 'pruned',
         -- Items left marked (a run folds the marks of waiting items as it meets them) or due.
         'remaining', (SELECT count(*) FROM (
                           SELECT d.job_id, d.department FROM flex_sync_private.dirty d

@@ -73,7 +73,7 @@ CREATE TABLE flex_sync_log (
     roles_set    integer NOT NULL DEFAULT 0,
     failed       integer NOT NULL DEFAULT 0,
     flex_calls   integer NOT NULL DEFAULT 0,
-    status       text NOT NULL CHECK (status IN ('ok', 'partial', 'failed', 'skipped')),
+    status       text NOT NULL CHECK (status IN ('ok', 'partial', 'failed', 'skipped', 'held')),
     errors       jsonb NOT NULL DEFAULT '[]',
     summary      jsonb NOT NULL DEFAULT '{}',
     triggered_by text NOT NULL

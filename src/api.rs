@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 use crate::error::{FlexSyncError, OrRaise};
 use crate::store;
-use crate::sync::{sync_job, SyncRequest};
+use crate::sync::{drift_check, plan_job, sync_job, SyncRequest};
 
 /// Reconciles the job's crew calls with Flex. `departments` NULL means every department with a
-/// crew call; `wait_for_lock` false skips (status `skipped`) a department another sync holds.
+/// crew call; `wait_for_lock` false skips (status `skipped`) a department another sync holds;
+/// `force` applies the deletes the guard against mass deletion would hold (status `held`).
 /// SECURITY DEFINER: it reads the private settings and writes the application's tables as the
 /// extension's owner, as the Edge Function's service role did; who may call it is decided by
 /// the EXECUTE grant and `flex_sync_private.authorize()`.
@@ -21,12 +22,33 @@ fn flex_sync_job(
     job_id: Option<pgrx::Uuid>,
     departments: default!(Option<Vec<Option<String>>>, "NULL"),
     wait_for_lock: default!(bool, true),
+    force: default!(bool, false),
 ) -> JsonB {
-    let request = SyncRequest { job: job_id.map(|j| j.to_string()), departments, wait_for_lock };
-    let check_interrupts = || {
-        pgrx::check_for_interrupts!();
-    };
+    let request = SyncRequest { job: job_id.map(|j| j.to_string()), departments, wait_for_lock, force };
     JsonB(sync_job(request, &check_interrupts).or_raise("flex_sync_job"))
+}
+
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}
+
+/// What `flex_sync_job` would do now, per department: adds, deletes with their reasons, role
+/// changes, adoptions, stale rows and what the guard would hold. The same checks, authorization
+/// and locks as a sync; one listing per crew call and nothing written (no row, no log row).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn flex_sync_plan(job_id: Option<pgrx::Uuid>, departments: default!(Option<Vec<Option<String>>>, "NULL")) -> JsonB {
+    JsonB(plan_job(job_id.map(|j| j.to_string()), departments, &check_interrupts).or_raise("flex_sync_plan"))
+}
+
+/// Lists up to `max_crew_calls` crew calls, the least recently checked first, one Flex call each,
+/// and records for each whether its contacts agree with the desired set and the rows
+/// (`flex_sync_drift_status`). Returns the ones that drifted. SECURITY DEFINER; by default only
+/// the owner may call it (pg_cron, a DBA).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn flex_sync_drift(max_crew_calls: default!(Option<i32>, 50)) -> JsonB {
+    JsonB(drift_check(max_crew_calls, &check_interrupts).or_raise("flex_sync_drift"))
 }
 
 /// Stores the Flex endpoint, the token (NULL keeps the stored one; options naming a Vault secret

@@ -13,6 +13,8 @@ pub enum FlexSyncError {
     NullJob,
     #[error("job {0} does not exist")]
     UnknownJob(String),
+    #[error("max_crew_calls must be from 1 to {max}, not {0}", max = crate::sync::MAX_DRIFT_CREW_CALLS)]
+    BadCrewCallCount(String),
     #[error("invalid departments: {0}")]
     Departments(#[from] InputError),
     #[error("invalid flex_sync settings: {0}")]
@@ -41,7 +43,10 @@ impl FlexSyncError {
         match self {
             FlexSyncError::NullJob => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             // Not no_data_found (P0002): PostgREST answers that with a 500, this is a 400.
-            FlexSyncError::UnknownJob(_) | FlexSyncError::Departments(_) | FlexSyncError::Settings(_) => {
+            FlexSyncError::UnknownJob(_)
+            | FlexSyncError::BadCrewCallCount(_)
+            | FlexSyncError::Departments(_)
+            | FlexSyncError::Settings(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
             FlexSyncError::NotConfigured | FlexSyncError::NoToken | FlexSyncError::VaultSecretMissing(_) => {
@@ -68,6 +73,9 @@ impl FlexSyncError {
                 Some("use https://<tenant>.flexrentalsolutions.com/f5/api")
             }
             FlexSyncError::NotConfigured => Some("call flex_sync_configure(base_url, api_token) first"),
+            FlexSyncError::BadCrewCallCount(_) => {
+                Some("each crew call checked costs one Flex call: give the number of calls this check may spend")
+            }
             FlexSyncError::NoToken => Some(
                 "store a Supabase Vault secret and name it in the option api_token_vault_secret, or pass api_token to \
                  flex_sync_configure (a restored dump holds no token: configure it again)",

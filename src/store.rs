@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use flex_sync_core::guard::Guard;
 use flex_sync_core::plan::{DbRow, DesiredTech, KnownLine, OrphanPolicy};
 use flex_sync_core::protocol::{CrewInput, Writes};
 use flex_sync_core::roles::RoleMap;
@@ -109,7 +110,8 @@ pub struct CallContext {
     pub rate_limited: bool,
 }
 
-pub fn call_context(job: &str) -> Result<CallContext> {
+/// `job` None for a call about no job in particular (the drift check).
+pub fn call_context(job: Option<&str>) -> Result<CallContext> {
     query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into()])
 }
 
@@ -173,7 +175,7 @@ pub struct StoredCrew {
 }
 
 /// One statement for the whole read: it is most of a no-change sync's database time.
-pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy) -> Result<Option<StoredCrew>> {
+pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard: Guard) -> Result<Option<StoredCrew>> {
     #[derive(Deserialize)]
     struct Desired {
         t: String,
@@ -220,6 +222,7 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy) -> Re
             department: department.to_string(),
             flex_element_id: s.element,
             orphan_policy,
+            guard,
             desired: s
                 .desired
                 .unwrap_or_default()
@@ -287,6 +290,33 @@ pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Wr
         ],
     )?;
     Ok(())
+}
+
+/// A crew call the drift check may list next.
+#[derive(Deserialize)]
+pub struct DriftCandidate {
+    pub job_id: String,
+    pub department: String,
+}
+
+/// Up to `limit` crew calls, the least recently checked for drift first.
+pub fn drift_candidates(limit: i32) -> Result<Vec<DriftCandidate>> {
+    query_json(include_str!("../sql/queries/drift_candidates.sql"), &[limit.into()])
+}
+
+/// Whether a sync holds the crew call's lock now (the drift check passes it over rather than
+/// wait, or hold the lock itself for the rest of its run).
+pub fn crew_call_is_busy(job: &str, department: &str) -> Result<bool> {
+    Ok(first_value::<bool>(include_str!("../sql/queries/crew_call_is_busy.sql"), &[job.into(), department.into()])?
+        .unwrap_or(false))
+}
+
+/// The drift check's record of one crew call: `in_sync` None when its listing failed.
+pub fn record_drift(crew_call: &str, job: &str, department: &str, in_sync: Option<bool>, result: &Value) -> Result<()> {
+    execute(
+        include_str!("../sql/queries/record_drift.sql"),
+        &[crew_call.into(), job.into(), department.into(), in_sync.into(), JsonB(result.clone()).into()],
+    )
 }
 
 /// The log row of one department's sync.

@@ -1,12 +1,15 @@
 //! One `flex_sync_job` call: check the input, then per department (in the canonical order) lock,
 //! read, run the calls the pure core's protocol asks for, write what it concludes, log. Flex
 //! failures are reported in the summary, never raised, so the rows that match what Flex did are
-//! committed; only bad input and database errors raise.
+//! committed; only bad input and database errors raise. `flex_sync_plan` makes the same checks
+//! and takes the same locks, then lists and writes nothing; `flex_sync_drift` lists crew calls
+//! and records what it found.
 
 use std::time::{Duration, Instant};
 
 use flex_sync_core::input::{known_departments, names_to_look_up, normalize_departments};
-use flex_sync_core::protocol::{Conclusion, Measured, Reconcile, Report, Skip, Status, Step, Writes};
+use flex_sync_core::guard::Guard;
+use flex_sync_core::protocol::{self, Conclusion, Measured, Reconcile, Report, Skip, Status, Step, Writes};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
 
@@ -23,18 +26,26 @@ pub struct SyncRequest {
     pub job: Option<String>,
     pub departments: Option<Vec<Option<String>>>,
     pub wait_for_lock: bool,
+    /// Apply the deletes the guard would hold.
+    pub force: bool,
 }
 
-pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
-    // Everything that can reject the call happens before the first Flex request (I5).
-    store::check_call(request.job.is_some())?;
-    let job = request.job.ok_or(FlexSyncError::NullJob)?;
-    let context = store::call_context(&job)?;
-    // These keep the snapshot they took before the lock, so they would reconcile stale rows.
-    if matches!(context.isolation.as_str(), "repeatable read" | "serializable") {
-        return Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase()));
-    }
-    let departments = match &request.departments {
+/// A call whose input passed every check: the job, its departments in lock order, the caller and
+/// the Flex client.
+struct CheckedCall {
+    job: String,
+    departments: Vec<String>,
+    caller: String,
+    client: FlexClient,
+}
+
+/// Everything that can reject a sync or a plan, before the first Flex request (I5).
+fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>) -> Result<CheckedCall> {
+    store::check_call(job.is_some())?;
+    let job = job.ok_or(FlexSyncError::NullJob)?;
+    let context = store::call_context(Some(&job))?;
+    check_isolation(&context)?;
+    let departments = match departments {
         Some(list) => {
             let in_use = match names_to_look_up(list, &context.departments) {
                 names if names.is_empty() => Vec::new(),
@@ -47,25 +58,134 @@ pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
     if !context.job_exists {
         return Err(FlexSyncError::UnknownJob(job));
     }
-    let client = configured_client(&context)?;
+    let client = configured_client(&context, |options| options)?;
+    Ok(CheckedCall { job, departments, caller: context.caller, client })
+}
 
-    let was_rate_limited = client.is_rate_limited();
+/// These keep the snapshot they took before the lock, so they would reconcile stale rows.
+fn check_isolation(context: &store::CallContext) -> Result<()> {
+    match context.isolation.as_str() {
+        "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase())),
+        _ => Ok(()),
+    }
+}
+
+pub fn sync_job(request: SyncRequest, wait: &dyn Fn()) -> Result<Value> {
+    let call = check_job_call(request.job, &request.departments)?;
+    let was_rate_limited = call.client.is_rate_limited();
     let mut summary = Map::new();
     let mut ok = true;
-    for department in &departments {
-        let report = sync_department(&client, &job, department, request.wait_for_lock, &context.caller, wait)?;
-        ok &= report.0.is_clean();
-        summary.insert(department.clone(), report.1);
+    for department in &call.departments {
+        let (status, entry) = sync_department(&call, department, request.wait_for_lock, request.force, wait)?;
+        ok &= status.is_clean();
+        summary.insert(department.clone(), entry);
     }
+    note_rate_limit(&call.client, was_rate_limited)?;
+    Ok(json!({"ok": ok, "job_id": call.job, "summary": summary}))
+}
+
+fn note_rate_limit(client: &FlexClient, was_rate_limited: bool) -> Result<()> {
     if client.is_rate_limited() && !was_rate_limited {
         store::note_rate_limited()?;
     }
-    Ok(json!({"ok": ok, "job_id": job, "summary": summary}))
+    Ok(())
 }
 
-fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
+/// What a sync would do now, per department: the same checks and locks, one listing each,
+/// nothing written.
+pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, wait: &dyn Fn()) -> Result<Value> {
+    let call = check_job_call(job, &departments)?;
+    let was_rate_limited = call.client.is_rate_limited();
+    let mut summary = Map::new();
+    for department in &call.departments {
+        store::lock_department(&call.job, department, true)?;
+        let entry = match load(&call.client, &call.job, department, false)? {
+            None => Report::skipped(Skip::NoCrewCall).summary(Measured::default()),
+            Some(crew) => {
+                let listing = list(&call.client, &crew.input, wait);
+                protocol::preview(&crew.input, listing)
+            }
+        };
+        summary.insert(department.clone(), entry);
+    }
+    note_rate_limit(&call.client, was_rate_limited)?;
+    Ok(json!({"job_id": call.job, "plan": summary}))
+}
+
+/// The answer to the crew call's one listing.
+fn list(client: &FlexClient, input: &protocol::CrewInput, wait: &dyn Fn()) -> protocol::Outcome {
+    let request = protocol::listing_request(input);
+    let tag = request.tag;
+    client.send_all(vec![request], wait).into_iter().find(|a| a.tag == tag).map(|a| a.outcome).unwrap_or_else(|| {
+        protocol::Outcome::Failure(protocol::Failure::new(protocol::ErrorCode::WorkerLost, None, false))
+    })
+}
+
+/// The crew call as the protocol takes it, with the options the client runs with.
+fn load(client: &FlexClient, job: &str, department: &str, force: bool) -> Result<Option<store::StoredCrew>> {
+    let guard = Guard { max_delete_permille: client.options().max_delete_permille, force };
+    store::load_crew(job, department, client.options().orphan_policy, guard)
+}
+
+/// The most crew calls one drift check may list.
+pub const MAX_DRIFT_CREW_CALLS: i32 = 1_000;
+
+/// Lists up to `max_crew_calls` crew calls, the least recently checked first, one call each
+/// (the client's call budget is `max_crew_calls`, retries included), and records what disagrees.
+/// A crew call a sync holds is passed over: it comes first next time.
+pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value> {
+    store::check_call(true)?;
+    let max_crew_calls = match max_crew_calls {
+        Some(n) if (1..=MAX_DRIFT_CREW_CALLS).contains(&n) => n,
+        other => return Err(FlexSyncError::BadCrewCallCount(other.map_or("NULL".into(), |n| n.to_string()))),
+    };
+    let context = store::call_context(None)?;
+    check_isolation(&context)?;
+    let budget = max_crew_calls as u64;
+    let client = configured_client(&context, |options| Options {
+        max_calls_per_sync: options.max_calls_per_sync.min(budget),
+        ..options
+    })?;
+    let was_rate_limited = client.is_rate_limited();
+    let (mut checked, mut busy, mut unchecked) = (0, 0, 0);
+    let mut drifted = Vec::new();
+    for candidate in store::drift_candidates(max_crew_calls)? {
+        if client.calls_made() >= budget || client.is_rate_limited() {
+            unchecked += 1;
+            continue;
+        }
+        if store::crew_call_is_busy(&candidate.job_id, &candidate.department)? {
+            busy += 1;
+            continue;
+        }
+        let Some(crew) = load(&client, &candidate.job_id, &candidate.department, false)? else {
+            continue;
+        };
+        let found = protocol::drift(&crew.input, list(&client, &crew.input, wait));
+        let result = match &found {
+            Ok(found) => found.clone(),
+            Err(code) => json!({"error": format!("{code}: listing the crew call failed")}),
+        };
+        store::record_drift(&crew.id, &candidate.job_id, &candidate.department, found.as_ref().ok().map(|f| f["in_sync"] == true), &result)?;
+        checked += 1;
+        if found.as_ref().map_or(true, |f| f["in_sync"] != true) {
+            drifted.push(json!({"crew_call_id": crew.id, "job_id": candidate.job_id, "department": candidate.department, "drift": result}));
+        }
+    }
+    note_rate_limit(&client, was_rate_limited)?;
+    Ok(json!({
+        "checked": checked,
+        "drifted": drifted,
+        "busy": busy,
+        "unchecked": unchecked,
+        "flex_calls": client.calls_made(),
+        "rate_limited": client.is_rate_limited(),
+    }))
+}
+
+fn configured_client(context: &store::CallContext, adjust: impl FnOnce(Options) -> Options) -> Result<FlexClient> {
     let settings = store::settings()?.ok_or(FlexSyncError::NotConfigured)?;
-    let options = Options::default().merged(&settings.options)?;
+    let options = adjust(Options::default().merged(&settings.options)?);
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
     let token = settings.api_token.filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
         Some(secret) => FlexSyncError::VaultSecretMissing(secret.clone()),
@@ -80,20 +200,20 @@ fn configured_client(context: &store::CallContext) -> Result<FlexClient> {
 
 /// One department: its status and its summary.
 fn sync_department(
-    client: &FlexClient,
-    job: &str,
+    call: &CheckedCall,
     department: &str,
     wait_for_lock: bool,
-    triggered_by: &str,
+    force: bool,
     wait: &dyn Fn(),
 ) -> Result<(Status, Value)> {
+    let (client, job, triggered_by) = (&call.client, call.job.as_str(), call.caller.as_str());
     let started = Instant::now();
     let calls_before = client.calls_made();
     let waited_before = client.time_waited();
     let locked = store::lock_department(job, department, wait_for_lock)?;
     let lock_wait = started.elapsed();
     // Read after the lock: a concurrent sync that held it has committed by now.
-    let crew = if locked { store::load_crew(job, department, client.options().orphan_policy)? } else { None };
+    let crew = if locked { load(client, job, department, force)? } else { None };
     let (report, writes, crew) = match crew {
         None => (Report::skipped(if locked { Skip::NoCrewCall } else { Skip::Busy }), Writes::default(), None),
         Some(crew) => {

@@ -3,6 +3,7 @@
 
 pub mod endpoints;
 pub mod flex_response;
+pub mod guard;
 pub mod input;
 pub mod plan;
 pub mod protocol;

@@ -15,7 +15,8 @@ use std::fmt;
 use serde_json::{json, Value};
 
 use crate::endpoints::FlexCall;
-use crate::flex_response::{parse_added_line_id, parse_listing};
+use crate::flex_response::{parse_added_line_id, parse_listing, CrewListing};
+use crate::guard::{reason_name, Guard, Held};
 use crate::plan::{plan, resolve_ambiguous_adds, Add, CrewState, DbRow, DeleteReason, DesiredTech, KnownLine, OrphanPolicy, Plan};
 use crate::roles::RoleMap;
 
@@ -131,6 +132,7 @@ pub struct CrewInput {
     pub known: std::collections::HashMap<String, KnownLine>,
     pub roles: RoleMap,
     pub orphan_policy: OrphanPolicy,
+    pub guard: Guard,
 }
 
 /// What the extension records about a Flex line it made or changed.
@@ -188,6 +190,8 @@ pub enum Status {
     /// The listing failed: nothing was changed.
     Failed,
     Skipped,
+    /// Listed, and the guard held the deletes (the rest was applied).
+    Held,
 }
 
 impl Status {
@@ -202,6 +206,7 @@ impl Status {
             Status::Partial => "partial",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
+            Status::Held => "held",
         }
     }
 }
@@ -248,6 +253,7 @@ pub struct Report {
     pub diagnostics: Vec<String>,
     pub listed: bool,
     pub skip: Option<Skip>,
+    pub held: Option<Held>,
 }
 
 /// What the caller measured about the sync, for its summary.
@@ -273,6 +279,7 @@ impl Report {
         match (self.skip, self.listed, self.errors.is_empty()) {
             (Some(_), _, _) => Status::Skipped,
             (None, false, _) => Status::Failed,
+            (None, true, _) if self.held.is_some() => Status::Held,
             (None, true, true) => Status::Ok,
             (None, true, false) => Status::Partial,
         }
@@ -305,6 +312,9 @@ impl Report {
             "errors": self.error_lines(),
             "business_role_diagnostics": self.diagnostics,
         });
+        if let Some(held) = &self.held {
+            summary["held"] = held.to_json();
+        }
         if let Some(skip) = self.skip {
             summary["skip"] = json!(skip.code());
             summary["note"] = json!(skip.note());
@@ -449,7 +459,7 @@ impl Reconcile {
     }
 
     fn listing(&self, tag: Tag) -> Request {
-        Request { tag, call: FlexCall::ListCrew { element: self.element() }, role_after_add: None }
+        Request { tag, ..listing_request(&self.input) }
     }
 
     fn add(&self, tag: Tag, add: &Add) -> Request {
@@ -470,15 +480,14 @@ impl Reconcile {
             None => return self.listing_failed(ErrorCode::WorkerLost),
         };
         self.report.listed = true;
-        self.plan = plan(&CrewState {
-            department: &self.input.department,
-            desired: &self.input.desired,
-            rows: &self.input.rows,
-            listing: &listing,
-            known: &self.input.known,
-            roles: &self.input.roles,
-            orphan_policy: self.input.orphan_policy,
-        });
+        let (plan, held) = planned(&self.input, &listing);
+        self.plan = plan;
+        if !self.input.guard.force {
+            if let Some(held) = held {
+                self.plan.deletes.clear();
+                self.report.held = Some(held);
+            }
+        }
         self.report.diagnostics = self.plan.diagnostics.clone();
         self.report.kept = self.plan.kept;
         self.report.adopted = self.plan.adoptions.len();
@@ -733,6 +742,115 @@ impl Reconcile {
     }
 }
 
+/// The plan for a crew call from one listing, and what the guard would hold of it: the one
+/// place the sync, its preview and the drift check get their diff from.
+pub fn planned(input: &CrewInput, listing: &CrewListing) -> (Plan, Option<Held>) {
+    planned_with(input, listing, input.orphan_policy)
+}
+
+fn planned_with(input: &CrewInput, listing: &CrewListing, orphan_policy: OrphanPolicy) -> (Plan, Option<Held>) {
+    let plan = plan(&CrewState {
+        department: &input.department,
+        desired: &input.desired,
+        rows: &input.rows,
+        listing,
+        known: &input.known,
+        roles: &input.roles,
+        orphan_policy,
+    });
+    let contacts = listing.contacts.len();
+    let held = input.guard.hold_reason(plan.deletes.len(), contacts, input.desired.len()).map(|reason| Held {
+        reason,
+        contacts,
+        deletes: plan.deletes.clone(),
+        max_delete_permille: input.guard.max_delete_permille,
+    });
+    (plan, held)
+}
+
+/// The crew call's listing: the first call of a sync, the only one of a preview or a drift check.
+pub fn listing_request(input: &CrewInput) -> Request {
+    Request { tag: Tag::Listing, call: FlexCall::ListCrew { element: input.flex_element_id.clone() }, role_after_add: None }
+}
+
+/// The resource of a listed contact.
+fn resource_of(listing: &CrewListing, line: &str) -> Option<String> {
+    listing.contacts.iter().find(|c| c.line_id == line).map(|c| c.resource_id.clone())
+}
+
+/// The listing a preview or a drift check reads, or the error code its failure reports.
+fn read_listing(answer: Outcome) -> Result<CrewListing, ErrorCode> {
+    match answer {
+        Outcome::Success(body) => parse_listing(&body).map_err(|_| ErrorCode::BadListing),
+        Outcome::Failure(f) => Err(f.code),
+    }
+}
+
+/// `flex_sync_plan`'s entry for one crew call: what a sync would do now, given the answer to
+/// one listing (the only call a preview makes). `status` is the status the sync would report if
+/// every call succeeded.
+pub fn preview(input: &CrewInput, listing: Outcome) -> Value {
+    let listing = match read_listing(listing) {
+        Ok(listing) => listing,
+        Err(code) => {
+            return json!({"status": Status::Failed.as_str(),
+                          "errors": [format!("{code}: listing the crew call failed; nothing is planned")]})
+        }
+    };
+    let (plan, held) = planned(input, &listing);
+    let held = held.filter(|_| !input.guard.force);
+    let status = if held.is_some() { Status::Held } else { Status::Ok };
+    json!({
+        "status": status.as_str(),
+        "desired_count": input.desired.len(),
+        "current_count": input.rows.len(),
+        "contacts": listing.contacts.len(),
+        "kept": plan.kept,
+        "adds": plan.adds.iter().map(|a| json!({"technician_id": a.technician_id, "resource_id": a.resource_id, "role_id": a.role_id})).collect::<Vec<_>>(),
+        "deletes": plan.deletes.iter().map(|d| json!({"line_id": d.line_id, "resource_id": resource_of(&listing, &d.line_id), "reason": reason_name(d.reason)})).collect::<Vec<_>>(),
+        "role_changes": plan.role_sets.iter().map(|r| json!({"line_id": r.line_id, "resource_id": r.resource_id, "role_id": r.role_id})).collect::<Vec<_>>(),
+        "adoptions": plan.adoptions.iter().map(|a| json!({"technician_id": a.technician_id, "line_id": a.line_id})).collect::<Vec<_>>(),
+        "stale_rows": plan.stale_rows,
+        "held": held.map(|h| h.to_json()),
+        "business_role_diagnostics": plan.diagnostics,
+    })
+}
+
+/// What a drift check found for one crew call: where Flex's contacts disagree with the desired
+/// set and the rows. Every contact that is not desired counts as extra, whatever the orphan
+/// policy would let a sync delete.
+pub fn drift(input: &CrewInput, listing: Outcome) -> Result<Value, ErrorCode> {
+    let listing = read_listing(listing)?;
+    let (plan, _) = planned_with(input, &listing, OrphanPolicy::Prune);
+    let deletes = |duplicates: bool| -> Vec<Value> {
+        plan.deletes
+            .iter()
+            .filter(|d| (d.reason == DeleteReason::Duplicate) == duplicates)
+            .map(|d| json!({"line_id": d.line_id, "resource_id": resource_of(&listing, &d.line_id)}))
+            .collect()
+    };
+    let missing: Vec<Value> =
+        plan.adds.iter().map(|a| json!({"technician_id": a.technician_id, "resource_id": a.resource_id})).collect();
+    let wrong_role: Vec<Value> =
+        plan.role_sets.iter().map(|r| json!({"line_id": r.line_id, "resource_id": r.resource_id, "role_id": r.role_id})).collect();
+    let rows: Vec<Value> = plan
+        .stale_rows
+        .iter()
+        .map(|t| json!({"technician_id": t, "problem": "points at a line Flex does not have"}))
+        .chain(plan.adoptions.iter().map(|a| json!({"technician_id": a.technician_id, "problem": "points elsewhere", "contact": a.line_id})))
+        .collect();
+    let (extra, duplicated) = (deletes(false), deletes(true));
+    let in_sync = missing.is_empty() && extra.is_empty() && duplicated.is_empty() && wrong_role.is_empty() && rows.is_empty();
+    Ok(json!({
+        "in_sync": in_sync,
+        "missing": missing,
+        "extra": extra,
+        "duplicated": duplicated,
+        "wrong_role": wrong_role,
+        "rows": rows,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,8 +1044,9 @@ mod tests {
         assert_eq!((done.report.added, done.report.status()), (2, Status::Ok));
     }
 
+    /// Forced: deleting every contact of an empty desired set is what the guard holds.
     fn two_to_delete() -> CrewInput {
-        input(vec![], vec![])
+        CrewInput { guard: Guard { force: true, ..Guard::default() }, ..input(vec![], vec![]) }
     }
 
     fn listing_of_two() -> Vec<u8> {
@@ -940,7 +1059,7 @@ mod tests {
         assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
         assert_eq!((done.report.removed, done.report.orphans_removed, done.report.status()), (2, 2, Status::Ok));
         assert_eq!(done.writes.deleted_lines, vec!["x1".to_string(), "x2".to_string()]);
-        let (gone, asked) = run(input(vec![], vec![]), |r| match r.tag {
+        let (gone, asked) = run(two_to_delete(), |r| match r.tag {
             Tag::Listing => answer(r.tag, ok(&listing(&[("x1", "gone-1")]))),
             _ => answer(r.tag, failed(ErrorCode::Http(404), Some(404), false)),
         });
@@ -1144,4 +1263,97 @@ mod tests {
         assert_eq!(writes.rows(), vec![("t2".to_string(), "kept".to_string()), ("t1".to_string(), "new".to_string())]);
     }
 
+
+    fn crew_of(n: usize) -> (Vec<DesiredTech>, Vec<DbRow>, Vec<u8>) {
+        let desired: Vec<DesiredTech> = (0..n).map(|i| tech(&format!("t{i}"), &format!("r{i}"), None)).collect();
+        let rows = (0..n).map(|i| DbRow { technician_id: format!("t{i}"), line_id: format!("l{i}") }).collect();
+        let lines: Vec<(String, String)> = (0..n).map(|i| (format!("l{i}"), format!("r{i}"))).collect();
+        let pairs: Vec<(&str, &str)> = lines.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        (desired, rows, listing(&pairs))
+    }
+
+    #[test]
+    fn an_emptied_crew_is_held_and_its_adds_still_go() {
+        let (_, rows, body) = crew_of(6);
+        let newcomer = vec![tech("new", "r-new", None)];
+        // Six go and one comes: more than half of the contacts, so the deletes wait.
+        let (done, asked) = run(input(newcomer.clone(), rows.clone()), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&body)),
+            _ => answer(r.tag, added("l-new")),
+        });
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Add(0)], "no delete is sent");
+        assert_eq!(done.report.status(), Status::Held);
+        let held = done.report.held.as_ref().unwrap();
+        assert_eq!((held.reason, held.contacts, held.deletes.len()), (crate::guard::HoldReason::OverFraction, 6, 6));
+        assert!(done.writes.deleted_lines.is_empty());
+        assert_eq!(done.writes.added_rows, vec![("new".to_string(), "l-new".to_string())]);
+        let summary = done.report.summary(Measured::default());
+        assert_eq!(summary["status"], "held");
+        assert_eq!(summary["held"]["deletes"].as_array().unwrap().len(), 6);
+        assert!(!done.report.status().is_clean());
+        // An empty desired set holds every delete, and force applies them.
+        let (empty, _) = run(input(vec![], rows.clone()), |r| answer(r.tag, ok(&body)));
+        assert_eq!(empty.report.held.as_ref().unwrap().reason, crate::guard::HoldReason::EmptyDesiredSet);
+        let forced = CrewInput { guard: Guard { force: true, ..Guard::default() }, ..input(vec![], rows) };
+        let (done, asked) = run(forced, |r| answer(r.tag, ok(if r.tag == Tag::Listing { &body } else { b"" })));
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
+        assert_eq!((done.report.removed, done.report.status()), (6, Status::Ok));
+    }
+
+    #[test]
+    fn one_of_eight_is_not_held() {
+        let (mut desired, rows, body) = crew_of(8);
+        desired.pop();
+        let (done, asked) = run(input(desired, rows), |r| answer(r.tag, ok(if r.tag == Tag::Listing { &body } else { b"" })));
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Delete(0)]);
+        assert_eq!((done.report.removed, done.report.status()), (1, Status::Ok));
+    }
+
+    #[test]
+    fn a_preview_lists_what_the_sync_then_does() {
+        let (mut desired, rows, body) = crew_of(3);
+        desired.remove(0);
+        desired.push(tech("new", "r-new", Some("SND-PA-T")));
+        let planned = preview(&input(desired.clone(), rows.clone()), ok(&body));
+        assert_eq!(planned["status"], "ok");
+        assert_eq!(planned["adds"], json!([{"technician_id": "new", "resource_id": "r-new", "role_id": "ROLE-T"}]));
+        assert_eq!(planned["deletes"], json!([{"line_id": "l0", "resource_id": "r0", "reason": "not_desired"}]));
+        assert_eq!((planned["kept"].clone(), planned["held"].clone()), (json!(2), Value::Null));
+        let (done, _) = run(input(desired, rows.clone()), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&body)),
+            Tag::Add(_) => Answer { tag: r.tag, outcome: added("l-new"), role: Some(ok(b"{}")) },
+            _ => answer(r.tag, ok(b"")),
+        });
+        assert_eq!((done.report.added, done.report.removed, done.report.kept), (1, 1, 2));
+        // What the guard would hold is shown, and a failed listing plans nothing.
+        let held = preview(&input(vec![], rows), ok(&body));
+        assert_eq!((held["status"].clone(), held["held"]["reason"].clone()), (json!("held"), json!("empty_desired_set")));
+        let failed_listing = preview(&input(vec![], vec![]), failed(ErrorCode::Timeout, None, false));
+        assert_eq!(failed_listing["status"], "failed");
+    }
+
+    #[test]
+    fn drift_names_what_disagrees() {
+        let (desired, mut rows, _) = crew_of(3);
+        rows[2].line_id = "l-old".into();
+        let body = serde_json::to_vec(&json!([
+            {"id": "l0", "resourceId": "r0", "leaf": true, "business-role": "ROLE-X"},
+            {"id": "l0b", "resourceId": "r0", "leaf": true},
+            {"id": "l2", "resourceId": "r2", "leaf": true},
+            {"id": "hand", "resourceId": "stranger", "leaf": true},
+        ]))
+        .unwrap();
+        let mut wants_role = desired.clone();
+        wants_role[0].role_code = Some("SND-PA-T".into());
+        let found = drift(&CrewInput { orphan_policy: OrphanPolicy::Keep, ..input(wants_role, rows) }, ok(&body)).unwrap();
+        assert_eq!(found["in_sync"], false);
+        assert_eq!(found["missing"], json!([{"technician_id": "t1", "resource_id": "r1"}]));
+        assert_eq!(found["extra"], json!([{"line_id": "hand", "resource_id": "stranger"}]), "under keep too");
+        assert_eq!(found["duplicated"], json!([{"line_id": "l0b", "resource_id": "r0"}]));
+        assert_eq!(found["wrong_role"], json!([{"line_id": "l0", "resource_id": "r0", "role_id": "ROLE-T"}]));
+        assert_eq!(found["rows"].as_array().unwrap().len(), 2, "t1's row points at nothing, t2's elsewhere");
+        let (desired, rows, body) = crew_of(2);
+        assert_eq!(drift(&input(desired, rows), ok(&body)).unwrap()["in_sync"], true);
+        assert_eq!(drift(&input(vec![], vec![]), ok(b"<html>")), Err(ErrorCode::BadListing));
+    }
 }

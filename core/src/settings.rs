@@ -18,6 +18,8 @@ pub struct Options {
     pub max_parallel_requests: u64,
     pub retry_max_attempts: u64,
     pub orphan_policy: OrphanPolicy,
+    /// The guard's `max_delete_fraction`, in thousandths (JSON has it as a number from 0 to 1).
+    pub max_delete_permille: u32,
     /// How long `flex_sync_log` keeps a row, in hours; the queue run prunes older ones
     /// (`flex_sync_private.prune_log`, which reads the `to_json` form, e.g. "30 days").
     pub log_retention_hours: u64,
@@ -30,7 +32,7 @@ pub struct Options {
 /// The hint for an unknown option: every key `merged` accepts (a unit test holds it to that).
 pub const KNOWN_OPTIONS_HINT: &str = "known options: connect_timeout_ms, request_timeout_ms, sync_deadline_ms, \
      max_response_bytes, max_calls_per_sync, max_parallel_requests, retry_max_attempts, orphan_policy, \
-     log_retention, api_token_vault_secret, allow_insecure_loopback";
+     max_delete_fraction, log_retention, api_token_vault_secret, allow_insecure_loopback";
 
 /// Flex allows a customer 30 requests in flight, across all of its keys.
 pub const FLEX_MAX_CONCURRENT_REQUESTS: u64 = 30;
@@ -47,6 +49,7 @@ impl Default for Options {
             max_parallel_requests: 4,
             retry_max_attempts: 3,
             orphan_policy: OrphanPolicy::Prune,
+            max_delete_permille: 500,
             log_retention_hours: 30 * 24,
             api_token_vault_secret: None,
             allow_insecure_loopback: false,
@@ -108,6 +111,13 @@ impl Options {
                         }
                     }
                 }
+                "max_delete_fraction" => {
+                    out.max_delete_permille = value
+                        .as_f64()
+                        .filter(|f| (0.0..=1.0).contains(f))
+                        .map(|f| (f * 1000.0).round() as u32)
+                        .ok_or_else(|| SettingsError::BadValue { key: key.clone(), expected: "a number from 0 to 1".into() })?
+                }
                 "log_retention" => {
                     out.log_retention_hours = value.as_str().and_then(parse_retention).ok_or_else(|| {
                         SettingsError::BadValue {
@@ -152,6 +162,7 @@ impl Options {
             OrphanPolicy::Keep => "keep",
         };
         map.insert("orphan_policy".into(), Value::from(policy));
+        map.insert("max_delete_fraction".into(), Value::from(f64::from(self.max_delete_permille) / 1000.0));
         let hours = self.log_retention_hours;
         let retention = if hours.is_multiple_of(24) { format!("{} days", hours / 24) } else { format!("{hours} hours") };
         map.insert("log_retention".into(), Value::from(retention));
@@ -378,6 +389,20 @@ mod tests {
         let mut sorted = listed.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, keys);
+    }
+
+    #[test]
+    fn max_delete_fraction_is_a_number_from_0_to_1() {
+        let fraction = |v: Value| Options::default().merged(&json!({"max_delete_fraction": v})).map(|o| o.max_delete_permille);
+        assert_eq!(Options::default().to_json()["max_delete_fraction"], 0.5);
+        assert_eq!(fraction(json!(0.25)), Ok(250));
+        assert_eq!(fraction(json!(1)), Ok(1000));
+        assert_eq!(fraction(json!(0)), Ok(0));
+        for bad in [json!(1.5), json!(-0.1), json!("0.5"), Value::Null] {
+            assert!(fraction(bad).is_err());
+        }
+        let round_trip = Options::default().merged(&json!({"max_delete_fraction": 0.3})).unwrap();
+        assert_eq!(Options::default().merged(&round_trip.to_json()), Ok(round_trip));
     }
 
     #[test]

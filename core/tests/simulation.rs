@@ -61,6 +61,7 @@ fn every_schedule_keeps_every_invariant() {
                    "backend killed", "caller rollback"] {
         assert!(counts.world.get(change).copied().unwrap_or(0) >= 100, "{change} too rare: {counts:?}");
     }
+    assert!(counts.held >= 100, "the guard held too rarely: {counts:?}");
     assert!(counts.syncs >= 5 * schedules, "{counts:?}");
 }
 

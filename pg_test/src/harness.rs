@@ -259,10 +259,16 @@ pub fn add_technician(client: &mut Client, job: &str, dept: &str, role: &str, re
 }
 
 pub fn sync(client: &mut Client, job: &str) -> Value {
-    let text: String = client
-        .query_one("SELECT flex_sync_job($1::text::uuid)::text", &[&job])
-        .unwrap()
-        .get(0);
+    query_value(client, "SELECT flex_sync_job($1::text::uuid)::text", job)
+}
+
+/// A sync that applies the deletes the guard against mass deletion would hold.
+pub fn sync_forced(client: &mut Client, job: &str) -> Value {
+    query_value(client, "SELECT flex_sync_job($1::text::uuid, force => true)::text", job)
+}
+
+fn query_value(client: &mut Client, sql: &str, job: &str) -> Value {
+    let text: String = client.query_one(sql, &[&job]).unwrap().get(0);
     serde_json::from_str(&text).unwrap()
 }
 

@@ -95,7 +95,7 @@ fn every_listing_shape_is_read_and_containers_are_never_deleted() {
         assert_eq!(sim.total_calls(), 1, "{shape}/{grouped}: {:?}", sim.calls());
         // With nobody desired, only the contacts go, never the group container.
         client.batch_execute("DELETE FROM job_assignments").unwrap();
-        let emptied = sync(&mut client, &job.id);
+        let emptied = sync_forced(&mut client, &job.id);
         assert_eq!(emptied["summary"]["sound"]["removed"], 4, "{shape}/{grouped}: {emptied}");
         assert_eq!(emptied["ok"], true, "{shape}/{grouped}: {emptied}");
         assert!(sim.contacts(&job.elements["sound"]).is_empty());
@@ -109,7 +109,7 @@ fn bulk_delete_falls_back_to_single_deletes_when_refused() {
     client.batch_execute("DELETE FROM job_assignments").unwrap();
     sim.set_config(json!({"bulk_delete_key": "ids"}));
     sim.reset_calls();
-    let result = sync(&mut client, &job.id);
+    let result = sync_forced(&mut client, &job.id);
     assert_eq!(result["summary"]["sound"]["removed"], 4, "{result}");
     assert_eq!(sim.calls()["bulk_delete"], 1);
     assert_eq!(sim.calls()["delete"], 4);

@@ -63,12 +63,14 @@ fn reachable(client: &mut Client) -> Vec<String> {
         .collect()
 }
 
-/// The README's table "Who may call what": the API roles may call flex_sync_job, nothing else
-/// is reachable by anyone but the owner.
+/// The README's table "Who may call what": the API roles may call flex_sync_job and
+/// flex_sync_plan, nothing else is reachable by anyone but the owner.
 fn readme_list() -> Vec<String> {
     vec![
-        "flex_sync_job(uuid,text[],boolean) authenticated EXECUTE".to_string(),
-        "flex_sync_job(uuid,text[],boolean) service_role EXECUTE".to_string(),
+        "flex_sync_job(uuid,text[],boolean,boolean) authenticated EXECUTE".to_string(),
+        "flex_sync_job(uuid,text[],boolean,boolean) service_role EXECUTE".to_string(),
+        "flex_sync_plan(uuid,text[]) authenticated EXECUTE".to_string(),
+        "flex_sync_plan(uuid,text[]) service_role EXECUTE".to_string(),
     ]
 }
 
@@ -112,23 +114,23 @@ fn the_check_names_a_grant_made_later_and_restrict_acls_removes_it() {
              GRANT SELECT (api_token) ON flex_sync_private.api_token TO authenticated;
              GRANT USAGE ON SCHEMA flex_sync_private TO authenticated;
              GRANT EXECUTE ON FUNCTION flex_sync_pending(integer, integer, integer) TO PUBLIC;
-             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO authenticated WITH GRANT OPTION;
+             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean, boolean) TO authenticated WITH GRANT OPTION;
              SET ROLE authenticated;
-             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO anon;
+             GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean, boolean) TO anon;
              RESET ROLE;",
         )
         .unwrap();
     assert_eq!(
         unintended(&mut client),
         vec![
-            "ROUTINE public.flex_sync_job(uuid,text[],boolean) authenticated EXECUTE (grant option)",
+            "ROUTINE public.flex_sync_job(uuid,text[],boolean,boolean) authenticated EXECUTE (grant option)",
             "ROUTINE public.flex_sync_pending(integer,integer,integer) PUBLIC EXECUTE",
             "SCHEMA flex_sync_private authenticated USAGE",
             "TABLE flex_sync_private.api_token authenticated SELECT (api_token)",
             "TABLE public.flex_sync_log anon SELECT",
             "TABLE public.flex_sync_log anon UPDATE",
             // Passed on by authenticated with its grant option: listed last, gone with it.
-            "ROUTINE public.flex_sync_job(uuid,text[],boolean) anon EXECUTE",
+            "ROUTINE public.flex_sync_job(uuid,text[],boolean,boolean) anon EXECUTE",
         ]
     );
     client.batch_execute("SELECT flex_sync_private.restrict_acls()").unwrap();
@@ -163,8 +165,10 @@ fn security_definer_functions_pin_their_search_path_and_are_listed_with_their_ac
         vec![
             format!("flex_dedupe_assignments(boolean) {path} "),
             format!("flex_sync_configure(text,text,jsonb) {path} "),
-            format!("flex_sync_job(uuid,text[],boolean) {path} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
+            format!("flex_sync_drift(integer) {path} "),
+            format!("flex_sync_job(uuid,text[],boolean,boolean) {path} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
             format!("flex_sync_pending(integer,integer,integer) {path} "),
+            format!("flex_sync_plan(uuid,text[]) {path} {{authenticated=EXECUTE,service_role=EXECUTE}}"),
             format!("flex_sync_private.on_assignment_change() {path} "),
             format!("flex_sync_private.on_crew_call_change() {path} "),
             format!("flex_sync_private.on_resource_change() {path} "),

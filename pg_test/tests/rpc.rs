@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 fn supabase_roles(client: &mut Client) {
     supabase_platform(client);
     client
-        .batch_execute("GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean) TO authenticated, service_role")
+        .batch_execute("GRANT EXECUTE ON FUNCTION flex_sync_job(uuid, text[], boolean, boolean) TO authenticated, service_role")
         .unwrap();
 }
 

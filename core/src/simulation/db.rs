@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::guard::Guard;
 use crate::plan::{DbRow, DesiredTech, KnownLine, OrphanPolicy};
 use crate::protocol::{CrewInput, Writes};
 use crate::roles::RoleMap;
@@ -38,7 +39,7 @@ pub struct ModelDb {
 
 impl ModelDb {
     /// What `load_crew.sql` reads: the committed state as of now.
-    pub fn input(&self, orphan_policy: OrphanPolicy) -> CrewInput {
+    pub fn input(&self, orphan_policy: OrphanPolicy, guard: Guard) -> CrewInput {
         CrewInput {
             department: "sound".into(),
             flex_element_id: ELEMENT.into(),
@@ -51,6 +52,7 @@ impl ModelDb {
             known: self.lines.iter().map(|(l, k)| (l.clone(), k.clone())).collect(),
             roles: role_map(),
             orphan_policy,
+            guard,
         }
     }
 

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::endpoints::FlexCall;
+use crate::guard::Guard;
 use crate::plan::OrphanPolicy;
 use crate::protocol::{Answer, Conclusion, ErrorCode, Failure, Outcome, Reconcile, Request, Step, Tag};
 use crate::roles::RoleTarget;
@@ -62,6 +63,8 @@ pub enum Invariant {
     NotConverged,
     /// I3: the sync after that did not make exactly one call and write nothing.
     NotQuiet,
+    /// I6: a sync that was not forced deleted what the guard holds.
+    MassDelete,
     /// The schedule did not come to rest (a reconciler never finished).
     NoProgress,
 }
@@ -82,6 +85,8 @@ impl fmt::Display for Violation {
 pub struct Counts {
     pub events: u64,
     pub syncs: u64,
+    /// Syncs whose deletes the guard held.
+    pub held: u64,
     pub flex_calls: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub world: BTreeMap<&'static str, u64>,
@@ -91,6 +96,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.events += other.events;
         self.syncs += other.syncs;
+        self.held += other.held;
         self.flex_calls += other.flex_calls;
         for (k, v) in &other.faults {
             *self.faults.entry(k).or_default() += v;
@@ -116,6 +122,9 @@ struct Shape {
     concurrent_slots: usize,
     budget: u64,
     bulk_delete: bool,
+    /// The guard's max_delete_fraction in thousandths, and how often a chaos sync is forced.
+    max_delete_permille: u32,
+    force_percent: u32,
 }
 
 impl Shape {
@@ -131,6 +140,8 @@ impl Shape {
             concurrent_slots: *rng.pick(&[2, 4, 30]),
             budget: *rng.pick(&[15, 40, 10_000]),
             bulk_delete: rng.percent(70),
+            max_delete_permille: *rng.pick(&[0, 500, 1000]),
+            force_percent: *rng.pick(&[0, 30, 100]),
         }
     }
 }
@@ -228,6 +239,10 @@ struct Sync {
     answers: Vec<Answer>,
     /// The client has seen Flex's hourly budget spent: it sends nothing more.
     rate_limited: bool,
+    guard: Guard,
+    desired: usize,
+    /// Contacts Flex held when the first listing was served.
+    contacts_listed: Option<usize>,
 }
 
 struct Actor {
@@ -337,6 +352,13 @@ impl Simulation {
         self.rng.pick(&[Some("SND-PA-T"), Some("SND-FOH-R"), Some("SND-RF-E"), None]).map(str::to_string)
     }
 
+    /// A chaos sync is forced as the shape says; the clean syncs are forced (an operator who
+    /// checked), so that convergence does not wait for one.
+    fn guard(&mut self) -> Guard {
+        let force = !self.chaos || self.rng.percent(self.shape.force_percent);
+        Guard { max_delete_permille: self.shape.max_delete_permille, force }
+    }
+
     fn setup(&mut self) {
         for _ in 0..self.shape.technicians {
             let technician = self.technician();
@@ -441,11 +463,21 @@ impl Simulation {
         match std::mem::replace(&mut self.actors[actor].state, ActorState::Finished) {
             ActorState::Idle => {
                 let holds_lock = self.needs_lock() && self.variant != Variant::StaleSnapshot && self.db.try_lock(actor);
-                let input = self.db.input(self.shape.orphan_policy);
-                let rows = input.rows.len();
-                self.note(|| format!("a{actor} starts a sync (lock: {holds_lock}, {rows} rows read)"));
+                let guard = self.guard();
+                let input = self.db.input(self.shape.orphan_policy, guard);
+                let (rows, desired) = (input.rows.len(), input.desired.len());
+                self.note(|| format!("a{actor} starts a sync (lock: {holds_lock}, {rows} rows read, force: {})", guard.force));
                 self.calls_this_sync.insert(actor, 0);
-                let sync = Sync { protocol: Reconcile::new(input), holds_lock, outstanding: 0, answers: Vec::new(), rate_limited: false };
+                let sync = Sync {
+                    protocol: Reconcile::new(input),
+                    holds_lock,
+                    outstanding: 0,
+                    answers: Vec::new(),
+                    rate_limited: false,
+                    guard,
+                    desired,
+                    contacts_listed: None,
+                };
                 self.actors[actor].state = ActorState::Running(Box::new(sync));
                 self.step_protocol(actor)
             }
@@ -474,6 +506,16 @@ impl Simulation {
                 Ok(())
             }
             Step::Done(conclusion) => {
+                let (guard, desired, contacts) = (sync.guard, sync.desired, sync.contacts_listed);
+                let deleted = conclusion.writes.deleted_lines.len();
+                if let Some(contacts) = contacts.filter(|_| !guard.force) {
+                    if guard.hold_reason(deleted, contacts, desired).is_some() {
+                        return Err(self.violation(
+                            Invariant::MassDelete,
+                            format!("a{actor} deleted {deleted} of {contacts} contacts ({desired} desired) unforced"),
+                        ));
+                    }
+                }
                 self.finish(actor, *conclusion);
                 Ok(())
             }
@@ -520,6 +562,7 @@ impl Simulation {
         }
         self.db.unlock(actor);
         self.counts.syncs += 1;
+        self.counts.held += u64::from(conclusion.report.held.is_some());
         let calls = self.calls_this_sync.remove(&actor).unwrap_or(0);
         self.last_sync = Some((calls, wrote, conclusion));
         let state = &mut self.actors[actor];
@@ -563,6 +606,9 @@ impl Simulation {
             let ActorState::Running(sync) = &mut self.actors[actor].state else { unreachable!() };
             if matches!(&outcome, Outcome::Failure(f) if f.code == ErrorCode::RateLimited) {
                 sync.rate_limited = true;
+            }
+            if call.tag == Tag::Listing && matches!(outcome, Outcome::Success(_)) {
+                sync.contacts_listed = Some(self.flex.contacts.len());
             }
             if call.follow_up {
                 if let Some(answer) = sync.answers.iter_mut().find(|a| a.tag == call.tag) {

@@ -30,6 +30,7 @@ SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalso
 SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"max_parallel_requests": 31}')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"orphan_policy": "all"}')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"log_retention": "forever"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"max_delete_fraction": 1.5}')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '{"api_token_vault_secret": "flex_key"}')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_configure('https://tenant.flexrentalsolutions.com/f5/api', 't', '[1]')$$);
 SELECT count(*) AS settings_rows FROM flex_sync_settings;
@@ -40,6 +41,13 @@ SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000
 SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', '{}')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', ARRAY[NULL])$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01', ARRAY['catering'])$$);
+-- The preview checks its input as the sync does; the drift check its budget.
+SELECT pg_temp.attempt($$SELECT flex_sync_plan(NULL)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_plan('00000000-0000-4000-8000-0000000000ff')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_plan('00000000-0000-4000-8000-000000000e01', ARRAY['catering'])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_drift(0)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_drift(NULL)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_drift(1001)$$);
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
 ROLLBACK;

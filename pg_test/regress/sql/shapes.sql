@@ -10,7 +10,8 @@ SELECT base_url = :'sim_url' AS base_url_kept, api_token FROM flex_sync_settings
 INSERT INTO jobs (id, title) VALUES ('00000000-0000-4000-8000-000000000a01', 'shapes');
 INSERT INTO profiles (id, department, flex_resource_id) VALUES
     ('00000000-0000-4000-8000-000000000b01', 'sound', 'shape-res-1'),
-    ('00000000-0000-4000-8000-000000000b02', 'sound', 'shape-res-2');
+    ('00000000-0000-4000-8000-000000000b02', 'sound', 'shape-res-2'),
+    ('00000000-0000-4000-8000-000000000b03', 'sound', 'shape-res-3');
 INSERT INTO flex_crew_calls (id, job_id, department, flex_element_id) VALUES
     ('00000000-0000-4000-8000-0000000000cc', '00000000-0000-4000-8000-000000000a01', 'sound', '00000000-0000-4000-8000-000000000c01');
 INSERT INTO job_assignments (job_id, technician_id, sound_role, status) VALUES
@@ -45,6 +46,40 @@ BEGIN
 END
 $$;
 SELECT flex_sync_requeue() AS requeued, flex_sync_resume() AS pause_ended;
+-- flex_sync_plan: the sync's checks and lock, one listing, nothing written. With nothing to
+-- change it plans nothing.
+SELECT count(*) AS log_rows_before FROM flex_sync_log \gset
+SELECT p ->> 'job_id' AS job_id, s ->> 'status' AS status, (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(s) k) AS keys,
+       jsonb_array_length(s -> 'adds') + jsonb_array_length(s -> 'deletes') + jsonb_array_length(s -> 'role_changes') AS actions
+FROM (SELECT flex_sync_plan('00000000-0000-4000-8000-000000000a01') AS p) x, LATERAL (SELECT p -> 'plan' -> 'sound' AS s) y;
+-- The last technician leaves: the plan shows the delete and that the guard would hold it; the
+-- sync holds it (and says why); the queue keeps the item held, not retried; force applies it.
+UPDATE job_assignments SET status = 'declined' WHERE technician_id = '00000000-0000-4000-8000-000000000b02';
+SELECT s ->> 'status' AS status, jsonb_array_length(s -> 'deletes') AS deletes, s -> 'deletes' -> 0 ->> 'reason' AS reason,
+       s -> 'held' ->> 'reason' AS held_reason, s -> 'held' ->> 'note' AS note
+FROM (SELECT flex_sync_plan('00000000-0000-4000-8000-000000000a01') -> 'plan' -> 'sound' AS s) x;
+SELECT count(*) - :log_rows_before AS log_rows_written_by_plans FROM flex_sync_log;
+SELECT r ->> 'ok' AS ok, s ->> 'status' AS status, (s ->> 'removed')::int AS removed,
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(s -> 'held') k) AS held_keys,
+       s -> 'held' ->> 'reason' AS held_reason, (s -> 'held' ->> 'contacts')::int AS contacts,
+       jsonb_array_length(s -> 'held' -> 'deletes') AS held_deletes
+FROM (SELECT flex_sync_job('00000000-0000-4000-8000-000000000a01') AS r) x, LATERAL (SELECT r -> 'summary' -> 'sound' AS s) y;
+SELECT r - 'duration_ms' AS report FROM (SELECT flex_sync_pending() AS r) x;
+SELECT department, held_reason FROM flex_sync_held_items;
+SELECT department, marks, attempts, dead, held, next_attempt_at FROM flex_sync_queue;
+SELECT r - 'duration_ms' AS report FROM (SELECT flex_sync_pending() AS r) x;
+SELECT s ->> 'status' AS status, (s ->> 'removed')::int AS removed
+FROM (SELECT flex_sync_job('00000000-0000-4000-8000-000000000a01', force => true) -> 'summary' -> 'sound' AS s) x;
+SELECT count(*) AS held_items FROM flex_sync_held_items;
+-- flex_sync_drift: one listing per crew call, the result kept per crew call.
+SELECT r - 'drifted' AS report, jsonb_array_length(r -> 'drifted') AS drifted FROM (SELECT flex_sync_drift() AS r) x;
+SELECT department, in_sync, missing, extra, duplicated, wrong_role, rows_astray FROM flex_sync_drift_status;
+INSERT INTO job_assignments (job_id, technician_id, sound_role, status) VALUES
+    ('00000000-0000-4000-8000-000000000a01', '00000000-0000-4000-8000-000000000b03', 'SND-PA-T', 'confirmed');
+SELECT r - 'drifted' AS report, d ->> 'department' AS department, d -> 'drift' -> 'missing' AS missing
+FROM (SELECT flex_sync_drift(max_crew_calls => 5) AS r) x, jsonb_array_elements(r -> 'drifted') d;
+SELECT department, in_sync, missing, extra FROM flex_sync_drift_status;
+SELECT (flex_sync_job('00000000-0000-4000-8000-000000000a01') -> 'summary' -> 'sound' ->> 'added')::int AS added;
 -- The dedupe's report, dry and real, over a crew call with a duplicate row.
 ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
 INSERT INTO flex_crew_assignments (crew_call_id, technician_id, flex_line_item_id, created_at)
