@@ -58,7 +58,7 @@ fn every_schedule_keeps_every_invariant() {
         assert!(counts.faults.get(fault).copied().unwrap_or(0) >= 100, "fault {fault} too rare: {counts:?}");
     }
     for change in ["assigned", "unassigned", "role changed", "hand add", "hand delete", "hand role",
-                   "backend killed", "caller rollback"] {
+                   "backend killed", "late call of a killed backend", "caller rollback"] {
         assert!(counts.world.get(change).copied().unwrap_or(0) >= 100, "{change} too rare: {counts:?}");
     }
     assert!(counts.held >= 100, "the guard held too rarely: {counts:?}");
@@ -67,15 +67,15 @@ fn every_schedule_keeps_every_invariant() {
 
 #[test]
 fn a_seed_always_gives_the_same_trace() {
-    for seed in [1, 7, 42, 1_000, 31_337] {
-        for variant in [Variant::Correct, Variant::NoLock] {
+    for seed in (0..200).chain([31_337, 1 << 40]) {
+        for variant in [Variant::Correct, Variant::NoLock, Variant::BlindAddRetry, Variant::StaleSnapshot] {
             let first = run(seed, variant, true);
             let second = run(seed, variant, true);
             let events = match &first {
                 Ok(run) => run.trace.len(),
                 Err(violation) => violation.trace.len(),
             };
-            assert!(events > 10, "seed {seed} traced only {events} events");
+            assert!(events >= 3, "seed {seed} traced only {events} events");
             assert_eq!(first, second, "seed {seed} ran two ways under {variant:?}");
         }
     }

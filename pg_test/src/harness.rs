@@ -119,6 +119,16 @@ impl Sim {
         }
     }
 
+    /// Sets a contact's business role as a person would in the Flex UI (through Flex's own
+    /// row-data endpoint, so it counts as a call).
+    pub fn set_role_by_hand(&self, element: &str, line: &str, role: &str) {
+        self.agent
+            .post(&format!("{}/line-item/{element}/row-data/", self.server.base_url()))
+            .header("X-Auth-Token", SIM_TOKEN)
+            .send_json(json!({"lineItemId": line, "fieldType": "business-role", "payloadValue": role}))
+            .expect("set the role by hand");
+    }
+
     /// (line id, resource id, business role) of every contact of the element.
     pub fn contacts(&self, element: &str) -> Vec<(String, String, Option<String>)> {
         let state = self.state();

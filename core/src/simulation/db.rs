@@ -106,6 +106,22 @@ impl ModelDb {
         }
     }
 
+    /// What PostgreSQL would refuse in the writes of one commit: ON CONFLICT DO UPDATE cannot
+    /// touch one row twice in a statement, so a technician or a line repeated in one batch
+    /// fails the whole write.
+    pub fn refused(writes: &Writes) -> Option<String> {
+        let mut technicians = BTreeSet::new();
+        if let Some((t, _)) = writes.rows().into_iter().find(|(t, _)| !technicians.insert(t.clone())) {
+            return Some(format!("technician {t} twice in one upsert"));
+        }
+        let mut lines = BTreeSet::new();
+        writes
+            .line_records
+            .iter()
+            .find(|r| !lines.insert(r.line_id.as_str()))
+            .map(|r| format!("line {} twice in one upsert", r.line_id))
+    }
+
     /// I1: a technician with two rows, if any.
     pub fn technician_with_two_rows(&self) -> Option<&str> {
         let mut seen = BTreeSet::new();

@@ -10,6 +10,8 @@ use crate::endpoints::FlexCall;
 pub enum Origin {
     Sync,
     Hand,
+    /// Added by a call of a backend killed before it landed (see the module's notes).
+    LateAdd,
 }
 
 #[derive(Debug, Clone)]

@@ -7,8 +7,15 @@
 //!
 //! The invariants are checked after every event and at quiescence (see [`Violation`]). The
 //! model's simplifications: one crew call; a call reaches Flex or not at the moment it is
-//! delivered (a killed backend's calls are settled when it dies); the client does not retry (as
-//! with `retry_max_attempts = 1`); a "timeout before apply" is a request Flex never applies.
+//! delivered; the client does not retry (as with `retry_max_attempts = 1`); a "timeout before
+//! apply" is a request Flex never applies; listings always carry the business-role column; the
+//! application never writes the rows itself.
+//!
+//! A killed backend's calls already sent may still reach Flex after it died, after its lock is
+//! gone, when another sync may already have listed: nobody will read their answers. An add
+//! among them can leave a resource with a second contact that no sync could have known about;
+//! such contacts are marked [`Origin::LateAdd`], exempt from the per-event checks, and must be
+//! gone by quiescence like any other (I2).
 
 mod db;
 mod flex;
@@ -23,7 +30,8 @@ use crate::plan::OrphanPolicy;
 use crate::protocol::{Answer, Conclusion, ErrorCode, Failure, Outcome, Reconcile, Request, Step, Tag};
 use crate::roles::RoleTarget;
 use db::{resource_of, role_map, ModelDb, ELEMENT};
-use flex::{ModelFlex, Origin};
+pub use flex::Origin;
+use flex::ModelFlex;
 use rng::Rng;
 
 /// How the reconcilers use the protocol. `Correct` is what `src/sync.rs` does; the others are
@@ -53,6 +61,8 @@ pub struct Violation {
 pub enum Invariant {
     /// I1: two rows for one technician.
     TwoRows,
+    /// A commit PostgreSQL would refuse (one row upserted twice in a statement).
+    RefusedWrite,
     /// Two adds of one resource whose outcome was not known at the same time.
     TwoAddsInFlight,
     /// Flex holds two contacts the sync made for one resource.
@@ -221,6 +231,9 @@ struct InFlight {
     role_after_add: Option<String>,
     /// The role call that follows an add, whose outcome goes to the add's answer.
     follow_up: bool,
+    /// Sent by a backend that was killed since: it may still reach Flex, and nobody reads its
+    /// answer.
+    orphaned: bool,
 }
 
 enum ActorState {
@@ -382,6 +395,14 @@ impl Simulation {
             }
         }
         self.chaos = false;
+        // Reconcilers finish the sync they are in and start no other: the clean sync below is
+        // the first one after the faults stopped.
+        for actor in &mut self.actors {
+            if matches!(actor.state, ActorState::Idle) {
+                actor.syncs_left = 0;
+                actor.state = ActorState::Finished;
+            }
+        }
         self.flex.calls = 0;
         self.flex.budget = u64::MAX;
         self.note(|| "faults and changes stop".to_string());
@@ -506,6 +527,9 @@ impl Simulation {
                 Ok(())
             }
             Step::Done(conclusion) => {
+                if let Some(problem) = ModelDb::refused(&conclusion.writes) {
+                    return Err(self.violation(Invariant::RefusedWrite, format!("a{actor}: {problem}")));
+                }
                 let (guard, desired, contacts) = (sync.guard, sync.desired, sync.contacts_listed);
                 let deleted = conclusion.writes.deleted_lines.len();
                 if let Some(contacts) = contacts.filter(|_| !guard.force) {
@@ -537,7 +561,15 @@ impl Simulation {
         self.note(|| format!("a{actor} sends {id} {tag:?} {call_text}"));
         let ActorState::Running(sync) = &mut self.actors[actor].state else { unreachable!() };
         sync.outstanding += 1;
-        self.in_flight.push(InFlight { id, actor, tag: request.tag, call: request.call, role_after_add: request.role_after_add, follow_up });
+        self.in_flight.push(InFlight {
+            id,
+            actor,
+            tag: request.tag,
+            call: request.call,
+            role_after_add: request.role_after_add,
+            follow_up,
+            orphaned: false,
+        });
         Ok(())
     }
 
@@ -574,6 +606,19 @@ impl Simulation {
     fn deliver(&mut self, index: usize) -> Result<(), Violation> {
         let concurrent = self.in_flight.len();
         let call = self.in_flight.swap_remove(index);
+        if call.orphaned {
+            self.counts.flex_calls += 1;
+            self.flex.calls += 1;
+            let outcome = self.reach_flex(&call, concurrent)?;
+            if let FlexCall::AddContact { resource, .. } = &call.call {
+                if self.flex.contacts.last().is_some_and(|c| c.resource == *resource && c.origin == Origin::Sync) {
+                    self.flex.contacts.last_mut().expect("just checked").origin = Origin::LateAdd;
+                }
+            }
+            self.count_world("late call of a killed backend");
+            self.note(|| format!("call {} of the killed a{} reaches Flex: {}", call.id, call.actor, outcome_text(&outcome)));
+            return Ok(());
+        }
         let ActorState::Running(sync) = &self.actors[call.actor].state else { unreachable!("calls belong to running syncs") };
         let rate_limited = sync.rate_limited;
         let outcome = if rate_limited {
@@ -664,7 +709,7 @@ impl Simulation {
             _ => Vec::new(),
         };
         if self.shape.orphan_policy == OrphanPolicy::Keep {
-            if let Some(line) = doomed.iter().find(|l| self.flex.contact(l).is_some() && !self.db.ever_owned.contains(*l)) {
+            if let Some(line) = doomed.iter().find(|l| self.flex.contact(l).is_some() && !self.db.owns(l)) {
                 let detail = format!("call {} deletes {line}, which the sync never owned", call.id);
                 self.note(|| detail.clone());
                 return Err(self.violation(Invariant::DeletedNotOwned, detail));
@@ -759,19 +804,15 @@ impl Simulation {
         let actor = *self.rng.pick(&running);
         self.count_world("backend killed");
         self.note(|| format!("world: the backend of a{actor} is killed"));
-        let (mine, others): (Vec<InFlight>, Vec<InFlight>) = self.in_flight.drain(..).partition(|c| c.actor == actor);
-        self.in_flight = others;
-        for call in mine {
+        // Its calls never got out, or are on their way and may land at any later moment.
+        let mine: Vec<u64> = self.in_flight.iter().filter(|c| c.actor == actor && !c.orphaned).map(|c| c.id).collect();
+        for id in mine {
+            self.unsettled.retain(|u| u.call != id);
             if self.rng.percent(50) {
-                self.flex.calls += 1;
-                let _ = self.apply(&call, true)?;
-                let id = call.id;
-                self.note(|| format!("its call {id} reached Flex"));
-            } else {
-                self.unsettled.retain(|u| u.call != call.id);
-            }
-            if let Some(u) = self.unsettled.iter_mut().find(|u| u.call == call.id) {
-                u.delivered = true;
+                self.in_flight.retain(|c| c.id != id);
+            } else if let Some(call) = self.in_flight.iter_mut().find(|c| c.id == id) {
+                call.orphaned = true;
+                self.note(|| format!("its call {id} is on its way to Flex"));
             }
         }
         self.db.unlock(actor);
@@ -826,7 +867,7 @@ impl Simulation {
         }
         for contact in &self.flex.contacts {
             let kept = self.db.rows.iter().any(|(_, l)| *l == contact.line);
-            let may_stay = self.shape.orphan_policy == OrphanPolicy::Keep && !self.db.owns(&contact.line);
+            let may_stay = self.shape.orphan_policy == OrphanPolicy::Keep && !self.db.ever_owned.contains(&contact.line);
             if !kept && !may_stay {
                 return fail(format!("Flex still holds {} for {}", contact.line, contact.resource));
             }
