@@ -72,15 +72,25 @@ $$;
 -- technician is assigned to that have not ended, when the application's jobs table has an
 -- end_time column of a time type (the live app's has), soonest-ending first; without one, every job the
 -- technician is on. At most 500 either way, so one profile edit stays a small write.
+-- Whether the application's jobs table says when a job ends: an end_time column of a time type
+-- (the live app's has one).
+CREATE FUNCTION flex_sync_private.jobs_have_end_time()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_attribute a
+                   WHERE a.attrelid = to_regclass('public.jobs') AND a.attname = 'end_time' AND NOT a.attisdropped
+                     AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype));
+$$;
+
 CREATE FUNCTION flex_sync_private.jobs_to_mark_for_profile(p_technician_id uuid)
 RETURNS SETOF uuid
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_attribute a
-               WHERE a.attrelid = to_regclass('public.jobs') AND a.attname = 'end_time' AND NOT a.attisdropped
-                 AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)) THEN
+    IF flex_sync_private.jobs_have_end_time() THEN
         RETURN QUERY EXECUTE
             'SELECT ja.job_id FROM public.job_assignments ja JOIN public.jobs j ON j.id = ja.job_id
              WHERE ja.technician_id = $1 AND (j.end_time IS NULL OR j.end_time >= now())
@@ -91,6 +101,34 @@ BEGIN
         SELECT ja.job_id FROM public.job_assignments ja
         WHERE ja.technician_id = p_technician_id
         ORDER BY ja.job_id LIMIT 500;
+    END IF;
+END
+$$;
+
+-- Which crew calls a drift check (flex_sync_drift) lists, in order: the one overridable place
+-- (CREATE OR REPLACE FUNCTION, as desired_crew). Default: those of jobs that have not ended,
+-- where the jobs table says when a job ends (every crew call without that), never checked
+-- first, then the least recently checked.
+CREATE FUNCTION flex_sync_private.crew_calls_to_check(p_limit integer)
+RETURNS TABLE (job_id uuid, department text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF flex_sync_private.jobs_have_end_time() THEN
+        RETURN QUERY EXECUTE
+            'SELECT c.job_id, lower(btrim(c.department)) FROM public.flex_crew_calls c
+             JOIN public.jobs j ON j.id = c.job_id
+             LEFT JOIN flex_sync_private.drift_checks d ON d.crew_call_id = c.id
+             WHERE j.end_time IS NULL OR j.end_time >= now()
+             ORDER BY d.checked_at NULLS FIRST, c.id LIMIT $1'
+            USING p_limit;
+    ELSE
+        RETURN QUERY
+        SELECT c.job_id, lower(btrim(c.department)) FROM public.flex_crew_calls c
+        LEFT JOIN flex_sync_private.drift_checks d ON d.crew_call_id = c.id
+        ORDER BY d.checked_at NULLS FIRST, c.id LIMIT p_limit;
     END IF;
 END
 $$;
@@ -342,8 +380,8 @@ BEGIN
             result := @extschema@.flex_sync_job(item.job_id, ARRAY[item.department], false);
             status := result -> 'summary' -> item.department ->> 'status';
             IF status = 'held' THEN
-                held := (result -> 'summary' -> item.department -> 'held' ->> 'reason') || ': '
-                        || (result -> 'summary' -> item.department -> 'held' ->> 'note');
+                held := coalesce((result -> 'summary' -> item.department -> 'held' ->> 'reason') || ': '
+                                 || (result -> 'summary' -> item.department -> 'held' ->> 'note'), 'held');
             ELSIF status IN ('failed', 'partial') THEN
                 failure := coalesce(result -> 'summary' -> item.department -> 'errors' ->> 0, status);
             ELSIF status = 'skipped' AND result -> 'summary' -> item.department ->> 'skip' = 'no_crew_call' THEN

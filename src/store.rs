@@ -299,9 +299,13 @@ pub struct DriftCandidate {
     pub department: String,
 }
 
-/// Up to `limit` crew calls, the least recently checked for drift first.
+/// Up to `limit` crew calls to check for drift, in the order the overridable rule gives.
 pub fn drift_candidates(limit: i32) -> Result<Vec<DriftCandidate>> {
     query_json(include_str!("../sql/queries/drift_candidates.sql"), &[limit.into()])
+}
+
+pub fn forget_gone_drift_checks() -> Result<()> {
+    execute(include_str!("../sql/queries/forget_gone_drift_checks.sql"), &[])
 }
 
 /// Whether a sync holds the crew call's lock now (the drift check passes it over rather than

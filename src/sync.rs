@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use flex_sync_core::input::{known_departments, names_to_look_up, normalize_departments};
 use flex_sync_core::guard::Guard;
-use flex_sync_core::protocol::{self, Conclusion, Measured, Reconcile, Report, Skip, Status, Step, Writes};
+use flex_sync_core::protocol::{self, Conclusion, ErrorCode, Measured, Reconcile, Report, Skip, Status, Step, Writes};
 use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
 
@@ -130,9 +130,11 @@ fn load(client: &FlexClient, job: &str, department: &str, force: bool) -> Result
 /// The most crew calls one drift check may list.
 pub const MAX_DRIFT_CREW_CALLS: i32 = 1_000;
 
-/// Lists up to `max_crew_calls` crew calls, the least recently checked first, one call each
-/// (the client's call budget is `max_crew_calls`, retries included), and records what disagrees.
-/// A crew call a sync holds is passed over: it comes first next time.
+/// Lists up to `max_crew_calls` crew calls in the order of `crew_calls_to_check()`, one call
+/// each (the client's call budget is `max_crew_calls`, retries included; its deadline
+/// `sync_deadline_ms` per crew call, at most an hour), and records what disagrees. A crew call a
+/// sync holds is passed over, and so is every crew call after the budget, the deadline or Flex's
+/// hourly budget ran out: they are not recorded, and come first next time.
 pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value> {
     store::check_call(true)?;
     let max_crew_calls = match max_crew_calls {
@@ -141,16 +143,19 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
     };
     let context = store::call_context(None)?;
     check_isolation(&context)?;
-    let budget = max_crew_calls as u64;
+    let checks = max_crew_calls as u64;
     let client = configured_client(&context, |options| Options {
-        max_calls_per_sync: options.max_calls_per_sync.min(budget),
+        max_calls_per_sync: options.max_calls_per_sync.min(checks),
+        sync_deadline_ms: options.sync_deadline_ms.saturating_mul(checks).min(MAX_DRIFT_DEADLINE_MS),
         ..options
     })?;
+    store::forget_gone_drift_checks()?;
     let was_rate_limited = client.is_rate_limited();
-    let (mut checked, mut busy, mut unchecked) = (0, 0, 0);
+    let (mut checked, mut busy, mut unchecked, mut stopped) = (0, 0, 0, false);
     let mut drifted = Vec::new();
     for candidate in store::drift_candidates(max_crew_calls)? {
-        if client.calls_made() >= budget || client.is_rate_limited() {
+        stopped |= client.calls_made() >= client.options().max_calls_per_sync || client.is_rate_limited();
+        if stopped {
             unchecked += 1;
             continue;
         }
@@ -161,14 +166,19 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
         let Some(crew) = load(&client, &candidate.job_id, &candidate.department, false)? else {
             continue;
         };
-        let found = protocol::drift(&crew.input, list(&client, &crew.input, wait));
-        let result = match &found {
-            Ok(found) => found.clone(),
+        let result = match protocol::drift(&crew.input, list(&client, &crew.input, wait)) {
+            Err(ErrorCode::CallBudget | ErrorCode::Deadline | ErrorCode::RateLimited) => {
+                stopped = true;
+                unchecked += 1;
+                continue;
+            }
             Err(code) => json!({"error": format!("{code}: listing the crew call failed")}),
+            Ok(found) => found,
         };
-        store::record_drift(&crew.id, &candidate.job_id, &candidate.department, found.as_ref().ok().map(|f| f["in_sync"] == true), &result)?;
+        let in_sync = result.get("in_sync").and_then(Value::as_bool);
+        store::record_drift(&crew.id, &candidate.job_id, &candidate.department, in_sync, &result)?;
         checked += 1;
-        if found.as_ref().map_or(true, |f| f["in_sync"] != true) {
+        if in_sync != Some(true) {
             drifted.push(json!({"crew_call_id": crew.id, "job_id": candidate.job_id, "department": candidate.department, "drift": result}));
         }
     }
@@ -182,6 +192,9 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
         "rate_limited": client.is_rate_limited(),
     }))
 }
+
+/// The longest a drift check may call Flex: the longest `sync_deadline_ms` allows.
+const MAX_DRIFT_DEADLINE_MS: u64 = 3_600_000;
 
 fn configured_client(context: &store::CallContext, adjust: impl FnOnce(Options) -> Options) -> Result<FlexClient> {
     let settings = store::settings()?.ok_or(FlexSyncError::NotConfigured)?;

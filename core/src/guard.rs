@@ -1,8 +1,9 @@
 //! The guard against mass deletion: a sync that would delete more than `max_delete_fraction` of
-//! a crew call's contacts, or every contact while its desired set is empty, makes its adds and
+//! a crew call's contacts, or any contact while its desired set is empty, makes its adds and
 //! role changes and holds the deletes until it is forced. Fewer than [`MIN_GUARDED_DELETES`]
 //! deletes are never mass deletion (1 of 2 is a crew change), but for the empty desired set,
-//! which is how a blanked `flex_resource_id` or a broken desired-set rule looks.
+//! which is how a blanked `flex_resource_id` or a broken desired-set rule looks. Removing a
+//! duplicate contact never leaves a resource without one: duplicates are not counted.
 
 use serde_json::{json, Value};
 
@@ -51,11 +52,12 @@ pub struct Held {
 }
 
 impl Guard {
-    /// Why these deletes would be held without `force`, if they would.
+    /// Why deletes would be held without `force`, if they would: `deletes` counts those that
+    /// remove a resource's contact (not duplicates), `contacts` every contact listed.
     pub fn hold_reason(&self, deletes: usize, contacts: usize, desired: usize) -> Option<HoldReason> {
         if deletes == 0 {
             None
-        } else if desired == 0 && deletes >= contacts {
+        } else if desired == 0 {
             Some(HoldReason::EmptyDesiredSet)
         } else if deletes >= MIN_GUARDED_DELETES && deletes * 1000 > contacts * self.max_delete_permille as usize {
             Some(HoldReason::OverFraction)
@@ -78,8 +80,9 @@ impl Held {
         let fraction = f64::from(self.max_delete_permille) / 1000.0;
         match self.reason {
             HoldReason::EmptyDesiredSet => format!(
-                "would delete every contact ({}) while the desired set is empty; call flex_sync_job(..., force => true) to apply",
-                self.deletes.len()
+                "would delete {} contact{} while the desired set is empty; call flex_sync_job(..., force => true) to apply",
+                self.deletes.len(),
+                if self.deletes.len() == 1 { "" } else { "s" }
             ),
             HoldReason::OverFraction => format!(
                 "would delete {} of {} contacts, more than max_delete_fraction {fraction}; call flex_sync_job(..., force => true) to apply",
@@ -108,8 +111,9 @@ mod tests {
         let guard = Guard::default();
         assert_eq!(guard.hold_reason(6, 6, 0), Some(HoldReason::EmptyDesiredSet));
         assert_eq!(guard.hold_reason(1, 1, 0), Some(HoldReason::EmptyDesiredSet));
-        // Only some contacts go: the rest are not the sync's to judge (keep), so the fraction rules.
-        assert_eq!(guard.hold_reason(1, 3, 0), None);
+        // Under keep a contact made by hand stays: the rest going is still the empty set's wipe.
+        assert_eq!(guard.hold_reason(2, 3, 0), Some(HoldReason::EmptyDesiredSet));
+        assert_eq!(guard.hold_reason(0, 3, 0), None);
     }
 
     #[test]

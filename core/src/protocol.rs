@@ -279,7 +279,8 @@ impl Report {
         match (self.skip, self.listed, self.errors.is_empty()) {
             (Some(_), _, _) => Status::Skipped,
             (None, false, _) => Status::Failed,
-            (None, true, _) if self.held.is_some() => Status::Held,
+            // Errors come first: the queue retries a partial sync, and holds a held one.
+            (None, true, true) if self.held.is_some() => Status::Held,
             (None, true, true) => Status::Ok,
             (None, true, false) => Status::Partial,
         }
@@ -759,7 +760,8 @@ fn planned_with(input: &CrewInput, listing: &CrewListing, orphan_policy: OrphanP
         orphan_policy,
     });
     let contacts = listing.contacts.len();
-    let held = input.guard.hold_reason(plan.deletes.len(), contacts, input.desired.len()).map(|reason| Held {
+    let guarded = plan.deletes.len() - plan.count_deletes(DeleteReason::Duplicate);
+    let held = input.guard.hold_reason(guarded, contacts, input.desired.len()).map(|reason| Held {
         reason,
         contacts,
         deletes: plan.deletes.clone(),
@@ -1355,5 +1357,25 @@ mod tests {
         let (desired, rows, body) = crew_of(2);
         assert_eq!(drift(&input(desired, rows), ok(&body)).unwrap()["in_sync"], true);
         assert_eq!(drift(&input(vec![], vec![]), ok(b"<html>")), Err(ErrorCode::BadListing));
+    }
+
+    #[test]
+    fn duplicates_do_not_count_and_a_failure_beside_held_deletes_is_partial() {
+        // Two technicians, each with two extra contacts: four deletes of six, none a resource's last.
+        let desired = vec![tech("a", "ra", None), tech("b", "rb", None)];
+        let body = listing(&[("a1", "ra"), ("a2", "ra"), ("a3", "ra"), ("b1", "rb"), ("b2", "rb"), ("b3", "rb")]);
+        let rows = vec![DbRow { technician_id: "a".into(), line_id: "a1".into() }, DbRow { technician_id: "b".into(), line_id: "b1".into() }];
+        let (done, asked) = run(input(desired, rows.clone()), |r| answer(r.tag, ok(if r.tag == Tag::Listing { &body } else { b"" })));
+        assert_eq!(tags(&asked), vec![Tag::Listing, Tag::Deletes]);
+        assert_eq!((done.report.duplicates_removed, done.report.status()), (4, Status::Ok));
+        // Everyone leaves but a newcomer whose add fails: the deletes are held, the failure shows.
+        let (_, rows, body) = crew_of(6);
+        let (done, _) = run(input(vec![tech("new", "r-new", None)], rows), |r| match r.tag {
+            Tag::Listing => answer(r.tag, ok(&body)),
+            _ => answer(r.tag, failed(ErrorCode::Http(400), Some(400), false)),
+        });
+        assert_eq!(done.report.status(), Status::Partial, "retried by the queue, not parked");
+        assert!(done.report.held.is_some());
+        assert_eq!(done.report.summary(Measured::default())["held"]["deletes"].as_array().unwrap().len(), 6);
     }
 }

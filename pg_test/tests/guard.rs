@@ -199,6 +199,21 @@ fn drift_finds_hand_edits_and_keeps_to_its_budget() {
     assert!(view.contains(&format!("{} false 100", jobs[0].id)), "{view:?}");
     assert!(view.contains(&format!("{} false 010", jobs[1].id)), "{view:?}");
     assert!(view.contains(&format!("{} false 001", jobs[2].id)), "{view:?}");
+    // A job that has ended is not checked; a check whose call budget ends early records only
+    // what it listed.
+    client.batch_execute("ALTER TABLE jobs ADD COLUMN end_time timestamptz").unwrap();
+    client.execute("UPDATE jobs SET end_time = now() - interval '1 day' WHERE id = $1::text::uuid", &[&jobs[4].id]).unwrap();
+    configure(&mut client, &sim, json!({"max_calls_per_sync": 2}));
+    let before = strings(&mut client, "SELECT crew_call_id::text || checked_at::text FROM flex_sync_drift_status ORDER BY 1", &[]);
+    let short = drift(&mut client, 5);
+    assert_eq!((short["checked"].as_u64(), short["unchecked"].as_u64(), short["flex_calls"].as_u64()), (Some(2), Some(2), Some(2)), "{short}");
+    let after = strings(&mut client, "SELECT crew_call_id::text || checked_at::text FROM flex_sync_drift_status ORDER BY 1", &[]);
+    assert_eq!(before.iter().filter(|b| !after.contains(b)).count(), 2, "only the two listed have a new record");
+    let ended_checked: String = client
+        .query_one("SELECT checked_at::text FROM flex_sync_drift_status WHERE job_id = $1::text::uuid", &[&jobs[4].id])
+        .unwrap()
+        .get(0);
+    assert!(before.iter().any(|b| b.ends_with(&ended_checked)), "the ended job's record is the one from before");
     // The drift check wrote its records and nothing else.
     let last_status = strings(&mut client, "SELECT DISTINCT status FROM flex_sync_log", &[]);
     assert_eq!(last_status, vec!["ok".to_string()], "no log rows from the drift check");

@@ -1,11 +1,4 @@
--- The crew calls a drift check lists next: never checked first, then the least recently
--- checked. $1 how many.
+-- The crew calls a drift check lists next, in the order of the overridable rule
+-- flex_sync_private.crew_calls_to_check(). $1 how many.
 SELECT coalesce(jsonb_agg(jsonb_build_object('job_id', q.job_id, 'department', q.department) ORDER BY q.n), '[]')
-FROM (
-    SELECT c.job_id, lower(btrim(c.department)) AS department,
-           row_number() OVER (ORDER BY d.checked_at NULLS FIRST, c.id) AS n
-    FROM public.flex_crew_calls c
-    LEFT JOIN flex_sync_private.drift_checks d ON d.crew_call_id = c.id
-    ORDER BY d.checked_at NULLS FIRST, c.id
-    LIMIT $1
-) q
+FROM flex_sync_private.crew_calls_to_check($1) WITH ORDINALITY AS q(job_id, department, n)

@@ -2,11 +2,15 @@
 -- confirmed, and the log row, in one statement. $1 crew call, $2 Flex element; $3, $4
 -- (technician, line) rows to insert or repoint, one per technician; $5-$8 line records (line,
 -- resource, made by the sync, role applied: kept true once set, replaced only when sent); $9-$21
--- the log row. Without a crew call (a skipped department) only the log row is written. A sync
--- that ends clean ($18 'ok') ends a hold the queue keeps for the item: nothing is held any more.
+-- the log row. Without a crew call (a skipped department) only the log row is written. A hold
+-- the queue keeps for the item ends with a sync that held nothing ($18): one that ended clean
+-- ends it, one that did not turns it into a retry due now.
 WITH released AS (
     DELETE FROM flex_sync_private.retry_state r
     WHERE $18 = 'ok' AND r.job_id = $9::uuid AND r.department = $10 AND r.held_reason IS NOT NULL
+), unheld AS (
+    UPDATE flex_sync_private.retry_state r SET held_reason = NULL, next_attempt_at = now()
+    WHERE $18 IN ('partial', 'failed') AND r.job_id = $9::uuid AND r.department = $10 AND r.held_reason IS NOT NULL
 ), upserted AS (
     -- The only way the sync writes an assignment row: ON CONFLICT, so concurrent writers (the
     -- app, an old Edge Function still deployed) can never make a second row for a technician.

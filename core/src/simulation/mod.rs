@@ -531,7 +531,7 @@ impl Simulation {
                     return Err(self.violation(Invariant::RefusedWrite, format!("a{actor}: {problem}")));
                 }
                 let (guard, desired, contacts) = (sync.guard, sync.desired, sync.contacts_listed);
-                let deleted = conclusion.writes.deleted_lines.len();
+                let deleted = conclusion.report.removed - conclusion.report.duplicates_removed;
                 if let Some(contacts) = contacts.filter(|_| !guard.force) {
                     if guard.hold_reason(deleted, contacts, desired).is_some() {
                         return Err(self.violation(
