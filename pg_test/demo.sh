@@ -7,7 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash pg_test/setup.sh
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+# The release build, as a DBA would install it.
+cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 cluster=/tmp/flex_sync_demo_$$
 conninfo=$(bash pg_test/cluster.sh start "$cluster")
 trap 'bash pg_test/cluster.sh stop "$cluster"' EXIT

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, in tiers: pure unit tests, #[pg_test] inside one backend, then the
-# out-of-process suite, the isolation specs and the golden SQL tests against a throwaway
-# PostgreSQL 15 server and the Flex simulator.
+# The whole test suite, in tiers: pure unit tests and the deterministic simulation, #[pg_test]
+# inside one backend, the release package installed and used, then the out-of-process suite, the
+# isolation specs and the golden SQL tests against a throwaway PostgreSQL 15 server and the Flex
+# simulator.
 # Ends with one line "N passed, N failed"; exits non-zero when anything failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +16,7 @@ status=0
 step() {
     local name=$1; shift
     echo "==> $name: $*"
-    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|thread|  left|  right|failures:|=+$| All | [0-9]+ of |release )"
+    "$@" 2>&1 | tee "$logs/$name.log" | tee -a "$logs/all.log" | grep -E "^(test |test result|error|thread|  left|  right|failures:|=+$| All | [0-9]+ of |release |package)"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || { echo "==> $name failed (exit $rc); full output in $logs/$name.log"; status=1; }
     return "$rc"
@@ -28,7 +29,9 @@ step simulation cargo test -p flex_sync_core --test simulation
 pgrx_data=/tmp/flex_sync_pgrx_test
 [ "$(id -u)" = 0 ] && { rm -rf "$pgrx_data"; mkdir -p "$pgrx_data"; chown postgres:postgres "$pgrx_data"; }
 step pg_test cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
-# `cargo pgrx test` leaves its test build installed; install the real one.
+# The release package: installed with dpkg, a sync through it, removed again.
+step package bash pg_test/package_test.sh
+# `cargo pgrx test` and the package test leave no usable build installed; install the real one.
 step install cargo pgrx install --pg-config "$pg_config" || { echo "install failed"; exit 1; }
 # Released install scripts, rebuilt from their commits: the current one unedited, older ones
 # installed for the upgrade test.
@@ -47,8 +50,9 @@ regress_failed=$(grep -hoE "[0-9]+ of [0-9]+ tests failed" "$logs/isolation.log"
 
 passed=$(grep -hoE "test result: [a-zA-Z]+\. [0-9]+ passed" "$logs/all.log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -hoE "[0-9]+ failed;" "$logs/all.log" | awk '{s+=$1} END {print s+0}')
-passed=$((passed + regress_passed))
-failed=$((failed + regress_failed))
+package_passed=$(grep -c "^package test passed" "$logs/package.log")
+passed=$((passed + regress_passed + package_passed))
+failed=$((failed + regress_failed + 1 - package_passed))
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed"
 exit "$status"
