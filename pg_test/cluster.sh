@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 server for the out-of-process tests and the demo.
+# A throwaway PostgreSQL server for the out-of-process tests and the demo: the one whose
+# pg_config FLEX_SYNC_PG_CONFIG names (default PostgreSQL 15's).
 #   cluster.sh start DIR   initdb + start on a free loopback port; prints the libpq conninfo
 #   cluster.sh stop DIR    stop it and remove DIR
 # PostgreSQL refuses to run as root, so as root the server runs as the postgres user.
 set -euo pipefail
-bin=/usr/lib/postgresql/15/bin
+bin=$("${FLEX_SYNC_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)
 cmd=${1:?start or stop}
 dir=${2:?directory}
 as_server_user() {

@@ -12,6 +12,6 @@ for spec in "$root"/pg_test/isolation/specs/*.spec.in; do
     tests+=("$name")
 done
 psql "$conninfo dbname=postgres" -qAt -c "DROP DATABASE IF EXISTS flex_sync_isolation" -c "CREATE DATABASE flex_sync_isolation"
-regress=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress
+regress=$("${FLEX_SYNC_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress
 "$regress" --use-existing --host="$host" --port="$port" --user=postgres --dbname=flex_sync_isolation \
     --inputdir="$work" --outputdir="$work" "${tests[@]}" || { cat "$work/regression.diffs" 2>/dev/null; exit 1; }

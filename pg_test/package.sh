@@ -12,11 +12,13 @@ out=${1:-$root/target/packages}
 mkdir -p "$out"
 version=$(sed -nE 's/^version = "([^"]+)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
-for pg_config in /usr/lib/postgresql/15/bin/pg_config; do
+# One major per run: FLEX_SYNC_PG_CONFIG's (default 15's; pg17.sh package runs this for 17).
+for pg_config in "${FLEX_SYNC_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"; do
     major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
     name=postgresql-$major-flex-sync
     stage=$(mktemp -d)
-    cargo pgrx package --pg-config "$pg_config" --out-dir "$stage/root" >"$stage/build.log" 2>&1 \
+    cargo pgrx package --no-default-features --features "pg$major" --pg-config "$pg_config" --out-dir "$stage/root" \
+        >"$stage/build.log" 2>&1 \
         || { cat "$stage/build.log" >&2; exit 1; }
     mkdir -p "$stage/root/DEBIAN"
     cat >"$stage/root/DEBIAN/control" <<CONTROL
@@ -24,7 +26,7 @@ Package: $name
 Version: $version
 Architecture: $arch
 Maintainer: flex_sync developers <flex-sync@invalid>
-Depends: postgresql-$major, libc6 (>= 2.36), libgcc-s1
+Depends: postgresql-$major, libc6 (>= $(ldd --version | head -1 | grep -oE '[0-9]+\.[0-9]+$')), libgcc-s1
 Recommends: postgresql-$major-cron
 Section: database
 Priority: optional

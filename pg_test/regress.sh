@@ -9,7 +9,7 @@ source "$root/pg_test/simulator.sh" "$1"
 export FLEX_SIM_URL="$sim_url"
 cp -r "$root/pg_test/regress/sql" "$root/pg_test/regress/expected" "$work/"
 tests=$(cd "$root/pg_test/regress/sql" && ls *.sql | sed 's/\.sql$//' | sort)
-regress=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+regress=$("${FLEX_SYNC_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --pkglibdir)/pgxs/src/test/regress/pg_regress
 # Each test makes its own database (pg_regress drops and creates it).
 "$regress" --host="$host" --port="$port" --user=postgres --dbname=flex_sync_regress \
     --inputdir="$work" --outputdir="$work" $tests || { cat "$work/regression.diffs" 2>/dev/null; exit 1; }

@@ -10,6 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pg_config=$1
+major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 extdir="$("$pg_config" --sharedir)/extension"
 current=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$root/Cargo.toml" | head -1)
 work=$(mktemp -d)
@@ -28,8 +29,12 @@ while read -r version commit; do
     # path in the workspace and trusts its sources' times, which git archive sets to the commit's:
     # without this, a later release would link the crates an earlier one left there.
     find "$work/$version" -type f -exec touch {} +
+    # A release cut before the major had its feature builds for it with the feature added:
+    # its SQL is the same whatever the major.
+    grep -q "^pg$major = " "$work/$version/Cargo.toml" \
+        || sed -i -E "s/^pg15 = .*/&\npg$major = [\"pgrx\/pg$major\", \"pgrx-tests\/pg$major\"]/" "$work/$version/Cargo.toml"
     # The release's own sources, built into their own target directory (it caches the dependencies).
-    (cd "$work/$version" && CARGO_TARGET_DIR="$root/target/released" cargo pgrx schema pg15 --pg-config "$pg_config" \
+    (cd "$work/$version" && CARGO_TARGET_DIR="$root/target/released-pg$major" cargo pgrx schema "pg$major" --pg-config "$pg_config" \
         --out "$work/flex_sync--$version.sql" >"$work/$version.log" 2>&1) || { cat "$work/$version.log" >&2; exit 1; }
     if [ "$version" = "$current" ]; then
         statements "$work/flex_sync--$version.sql" >"$work/released.sql"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building and testing flex_sync needs on Debian 12, skipping what is there:
-# PostgreSQL 15 with its server headers and pg_cron, clang for bindgen, cargo-pgrx 0.18.1.
+# Installs what building and testing flex_sync needs, skipping what is there: PostgreSQL with
+# its server headers and pg_cron (15 on Debian 12; the major FLEX_SYNC_PG_CONFIG names, e.g. 17
+# inside the Debian 13 root of pg17.sh), clang for bindgen, cargo-pgrx 0.18.1.
 set -euo pipefail
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 postgresql-15-cron
+pg_config=${FLEX_SYNC_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+major=$(sed -E 's#.*/postgresql/([0-9]+)/.*#\1#' <<<"$pg_config")
+packages=(postgresql-$major postgresql-server-dev-$major postgresql-client-$major postgresql-$major-cron
           libclang-dev clang pkg-config libssl-dev sudo ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
@@ -18,6 +21,6 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     echo "setup: installing cargo-pgrx 0.18.1 (about 4 minutes)"
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    cargo pgrx init --pg15=/usr/lib/postgresql/15/bin/pg_config
+if ! grep -qs "^pg$major" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+    cargo pgrx init "--pg$major=$pg_config"
 fi
