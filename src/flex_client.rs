@@ -321,11 +321,7 @@ impl Worker {
             attempt += 1;
             let outcome = self.attempt(call);
             let Outcome::Failure(failure) = &outcome else { return outcome };
-            let retryable = call.is_idempotent()
-                && attempt < self.options.retry_max_attempts
-                && (failure.code == ErrorCode::Timeout
-                    || failure.code == ErrorCode::Connection
-                    || matches!(failure.status, Some(429 | 500 | 502 | 503 | 504)));
+            let retryable = call.is_idempotent() && attempt < self.options.retry_max_attempts && failure.is_transient();
             if !retryable {
                 return outcome;
             }

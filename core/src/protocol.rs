@@ -80,6 +80,14 @@ impl Failure {
     pub fn new(code: ErrorCode, status: Option<u16>, ambiguous: bool) -> Failure {
         Failure { code, status, ambiguous }
     }
+
+    /// Whether the client sends an idempotent call again after this failure (with backoff, up
+    /// to `retry_max_attempts`): a timeout, a lost connection, a 429 or a 5xx that may pass.
+    pub fn is_transient(&self) -> bool {
+        self.code == ErrorCode::Timeout
+            || self.code == ErrorCode::Connection
+            || matches!(self.status, Some(429 | 500 | 502 | 503 | 504))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,7 +58,7 @@ fn every_schedule_keeps_every_invariant() {
         assert!(counts.faults.get(fault).copied().unwrap_or(0) >= 100, "fault {fault} too rare: {counts:?}");
     }
     for change in ["assigned", "unassigned", "role changed", "hand add", "hand delete", "hand role",
-                   "backend killed", "late call of a killed backend", "caller rollback"] {
+                   "backend killed", "late call of a killed backend", "caller rollback", "skipped busy"] {
         assert!(counts.world.get(change).copied().unwrap_or(0) >= 100, "{change} too rare: {counts:?}");
     }
     assert!(counts.held >= 100, "the guard held too rarely: {counts:?}");

@@ -7,9 +7,10 @@
 //!
 //! The invariants are checked after every event and at quiescence (see [`Violation`]). The
 //! model's simplifications: one crew call; a call reaches Flex or not at the moment it is
-//! delivered; the client does not retry (as with `retry_max_attempts = 1`); a "timeout before
-//! apply" is a request Flex never applies; listings always carry the business-role column; the
-//! application never writes the rows itself.
+//! delivered; the client sends a failed idempotent call again at once (up to the default three
+//! attempts, without the backoff's wait); a "timeout before apply" is a request Flex never
+//! applies; listings always carry the business-role column; the application never writes the
+//! rows itself.
 //!
 //! A killed backend's calls already sent may still reach Flex after it died, after its lock is
 //! gone, when another sync may already have listed: nobody will read their answers. An add
@@ -135,6 +136,9 @@ struct Shape {
     /// The guard's max_delete_fraction in thousandths, and how often a chaos sync is forced.
     max_delete_permille: u32,
     force_percent: u32,
+    /// How often a chaos sync is a scheduler's, which skips a crew call another sync holds
+    /// (`wait_for_lock => false`) instead of waiting.
+    skip_busy_percent: u32,
 }
 
 impl Shape {
@@ -152,6 +156,7 @@ impl Shape {
             bulk_delete: rng.percent(70),
             max_delete_permille: *rng.pick(&[0, 500, 1000]),
             force_percent: *rng.pick(&[0, 30, 100]),
+            skip_busy_percent: *rng.pick(&[0, 50]),
         }
     }
 }
@@ -234,7 +239,12 @@ struct InFlight {
     /// Sent by a backend that was killed since: it may still reach Flex, and nobody reads its
     /// answer.
     orphaned: bool,
+    /// How many times the client has sent it.
+    attempt: u32,
 }
+
+/// The client's `retry_max_attempts` by default.
+const ATTEMPTS: u32 = 3;
 
 enum ActorState {
     /// Between syncs: starts the next one when it can.
@@ -469,9 +479,13 @@ impl Simulation {
 
     fn can_advance(&self, actor: usize) -> bool {
         match &self.actors[actor].state {
+            // Waiting for the lock, a sync moves only when it may skip (a scheduler's).
             ActorState::Idle => {
                 self.actors[actor].syncs_left > 0
-                    && (!self.needs_lock() || self.variant == Variant::StaleSnapshot || self.db.lock_is_free_for(actor))
+                    && (!self.needs_lock()
+                        || self.variant == Variant::StaleSnapshot
+                        || self.db.lock_is_free_for(actor)
+                        || (self.chaos && self.shape.skip_busy_percent > 0))
             }
             ActorState::Running(sync) => {
                 sync.outstanding == 0 && (sync.holds_lock || !self.needs_lock() || self.db.lock_is_free_for(actor))
@@ -483,7 +497,21 @@ impl Simulation {
     fn advance(&mut self, actor: usize) -> Result<(), Violation> {
         match std::mem::replace(&mut self.actors[actor].state, ActorState::Finished) {
             ActorState::Idle => {
-                let holds_lock = self.needs_lock() && self.variant != Variant::StaleSnapshot && self.db.try_lock(actor);
+                let locks_first = self.needs_lock() && self.variant != Variant::StaleSnapshot;
+                if locks_first && !self.db.lock_is_free_for(actor) {
+                    // Busy: a scheduler's sync is skipped, an interactive one waits its turn.
+                    if self.chaos && self.rng.percent(self.shape.skip_busy_percent) {
+                        self.count_world("skipped busy");
+                        self.note(|| format!("a{actor} skips the crew call: another sync holds it"));
+                        let state = &mut self.actors[actor];
+                        state.syncs_left -= 1;
+                        state.state = if state.syncs_left == 0 { ActorState::Finished } else { ActorState::Idle };
+                    } else {
+                        self.actors[actor].state = ActorState::Idle;
+                    }
+                    return Ok(());
+                }
+                let holds_lock = locks_first && self.db.try_lock(actor);
                 let guard = self.guard();
                 let input = self.db.input(self.shape.orphan_policy, guard);
                 let (rows, desired) = (input.rows.len(), input.desired.len());
@@ -569,6 +597,7 @@ impl Simulation {
             role_after_add: request.role_after_add,
             follow_up,
             orphaned: false,
+            attempt: 1,
         });
         Ok(())
     }
@@ -630,6 +659,13 @@ impl Simulation {
             self.reach_flex(&call, concurrent)?
         };
         self.note(|| format!("deliver {} to a{}: {}", call.id, call.actor, outcome_text(&outcome)));
+        if let Outcome::Failure(failure) = &outcome {
+            if call.call.is_idempotent() && call.attempt < ATTEMPTS && failure.is_transient() {
+                self.note(|| format!("the client sends {} again", call.id));
+                self.in_flight.push(InFlight { attempt: call.attempt + 1, ..call });
+                return Ok(());
+            }
+        }
         self.settle(&call, &outcome);
         if self.variant == Variant::BlindAddRetry
             && matches!(&outcome, Outcome::Failure(f) if f.ambiguous)
