@@ -17,7 +17,8 @@ CREATE TABLE flex_sync_private.merge_watermarks (
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.merge_watermarks', '');
 
--- Source rows whose key a row of another owner holds: neither is changed; both are kept here.
+-- Source rows whose key a row of another owner holds: neither is changed; both are kept here,
+-- one row per clash with the versions the last merge that met it saw.
 CREATE TABLE flex_merge_conflicts (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     target       regclass NOT NULL,
@@ -26,7 +27,8 @@ CREATE TABLE flex_merge_conflicts (
     target_owner text,
     source_row   jsonb NOT NULL,
     target_row   jsonb NOT NULL,
-    detected_at  timestamptz NOT NULL DEFAULT now()
+    detected_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (target, owner, key)
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_merge_conflicts', '');
 
@@ -89,6 +91,8 @@ CREATE FUNCTION flex_sync_merge(target regclass, source regclass, key text[], ow
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- The watermark keeps the cursor as text: written and read back in one date style.
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     started      timestamptz := clock_timestamp();
@@ -269,7 +273,9 @@ BEGIN
     ELSIF mode = 'incremental' THEN
         staged_where := format('s.%I IS NOT NULL', cursor_col);
     END IF;
-    DROP TABLE IF EXISTS pg_temp.flex_merge_staged;
+    IF to_regclass('pg_temp.flex_merge_staged') IS NOT NULL THEN
+        DROP TABLE pg_temp.flex_merge_staged;
+    END IF;
     EXECUTE format('CREATE TEMP TABLE flex_merge_staged ON COMMIT DROP AS SELECT %s%s FROM %s s WHERE %s%s',
                    array_to_string(casts, ', '),
                    CASE WHEN mode = 'incremental' THEN format(', s.%I AS flex_merge_cursor', cursor_col) ELSE '' END,
@@ -278,6 +284,8 @@ BEGIN
                         THEN format(' ORDER BY %s LIMIT %s', flex_sync_private.merge_column_list(cursor_col || key, 's'), batch_size)
                         ELSE '' END);
     GET DIAGNOSTICS n_staged = ROW_COUNT;
+    -- Its size and keys known to the planner: the joins below hash it instead of rescanning it.
+    ANALYZE pg_temp.flex_merge_staged;
     join_on := (SELECT string_agg(format('t.%1$I = s.%1$I', k), ' AND ') FROM unnest(key) k);
     key_json := 'jsonb_build_array(' || flex_sync_private.merge_column_list(key, 's', '::text') || ')';
     EXECUTE format('SELECT %s::text FROM flex_merge_staged s GROUP BY %s HAVING count(*) > 1 LIMIT 1',
@@ -302,7 +310,10 @@ BEGIN
             INTO n_inserted;
     ELSE
         EXECUTE format('INSERT INTO @extschema@.flex_merge_conflicts (target, owner, key, target_owner, source_row, target_row)
-                        SELECT %L, %L, %s, t.%I::text, to_jsonb(s), to_jsonb(t) FROM flex_merge_staged s JOIN %s t ON %s WHERE %s',
+                        SELECT %L, %L, %s, t.%I::text, to_jsonb(s), to_jsonb(t) FROM flex_merge_staged s JOIN %s t ON %s WHERE %s
+                        ON CONFLICT (target, owner, key) DO UPDATE
+                        SET target_owner = EXCLUDED.target_owner, source_row = EXCLUDED.source_row,
+                            target_row = EXCLUDED.target_row, detected_at = now()',
                        target, owner, key_json, owner_column, target, join_on, theirs);
         GET DIAGNOSTICS n_conflicts = ROW_COUNT;
         n_updated := 0;
@@ -323,8 +334,10 @@ BEGIN
 
     -- Full mode: the owner's rows the complete source no longer has, guarded, audited, deleted.
     IF mode = 'full' THEN
-        EXECUTE format('SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM flex_merge_staged s WHERE %s)), count(*)
-                        FROM %s t WHERE %s', join_on, target, mine) INTO n_would, n_owner_rows;
+        -- An anti-join each (NOT EXISTS under an aggregate's FILTER would rescan the source per row).
+        EXECUTE format('SELECT count(*) FROM %s t WHERE %s AND NOT EXISTS (SELECT 1 FROM flex_merge_staged s WHERE %s)',
+                       target, mine, join_on) INTO n_would;
+        EXECUTE format('SELECT count(*) FROM %s t WHERE %s', target, mine) INTO n_owner_rows;
         held := flex_sync_private.guard_hold_reason(n_would, n_owner_rows, n_staged, fraction);
         IF held IS NULL OR force THEN
             n_deleted := n_would;

@@ -66,6 +66,24 @@ SELECT pg_temp.attempt($$CALL flex_sync_run_queue(max_seconds => NULL)$$);
 BEGIN;
 SELECT pg_temp.attempt($$CALL flex_sync_run_queue()$$);
 ROLLBACK;
+-- The merge's checks, all before anything is written.
+CREATE TABLE merge_target (id integer PRIMARY KEY, name text, n integer, owner text);
+CREATE TABLE merge_source (id integer, name text, n text, changed_at timestamptz);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"mode": "all"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"full": true}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"mode": "full", "lookback": "soon"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"mode": "full", "max_delete_fraction": 2}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'who', 'D', '{"mode": "full"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"mode": "full"}')$$);
+ALTER TABLE merge_source ALTER COLUMN n TYPE integer USING NULL;
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['name'], 'owner', 'D', '{"mode": "full"}')$$);
+INSERT INTO merge_source VALUES (1, 'a', 1, now()), (1, 'b', 2, now());
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D', '{"mode": "full"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', NULL, '{"mode": "full"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_source', 'merge_target', ARRAY['id'], 'owner', 'D', '{"mode": "full"}')$$);
+SELECT count(*) AS merged_rows FROM merge_target;
+DROP TABLE merge_target, merge_source;
 -- Leave the database as it was for the next file.
 DROP TABLE IF EXISTS flex_crew_assignments, flex_crew_calls, job_assignments, profiles, jobs;
 DROP EXTENSION flex_sync;

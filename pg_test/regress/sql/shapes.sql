@@ -80,6 +80,23 @@ SELECT r - 'drifted' AS report, d ->> 'department' AS department, d -> 'drift' -
 FROM (SELECT flex_sync_drift(max_crew_calls => 5) AS r) x, jsonb_array_elements(r -> 'drifted') d;
 SELECT department, in_sync, missing, extra FROM flex_sync_drift_status;
 SELECT (flex_sync_job('00000000-0000-4000-8000-000000000a01') -> 'summary' -> 'sound' ->> 'added')::int AS added;
+-- flex_sync_merge: its result, dry and real, incremental and full.
+CREATE TABLE merge_target (id integer PRIMARY KEY, name text, owner text);
+CREATE TABLE merge_source (id integer, name text, changed_at timestamptz, note text);
+INSERT INTO merge_target VALUES (2, 'theirs', 'M'), (3, 'ours, gone from the source', 'D');
+INSERT INTO merge_source VALUES (1, 'new', '2025-01-01', 'x'), (2, 'clash', '2025-01-02', 'y');
+SELECT jsonb_pretty(flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D',
+                                    '{"cursor_column": "changed_at", "dry_run": true}') - 'duration_ms');
+SELECT jsonb_pretty(flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D',
+                                    '{"cursor_column": "changed_at"}') - 'duration_ms');
+SELECT r - 'duration_ms' AS full_merge FROM (SELECT flex_sync_merge('merge_target', 'merge_source', ARRAY['id'], 'owner', 'D',
+                                                                    '{"mode": "full"}') AS r) x;
+SELECT id, name, owner FROM merge_target ORDER BY id;
+SELECT target, owner, key, target_owner, source_row ->> 'name' AS source_name, target_row ->> 'name' AS target_name
+FROM flex_merge_conflicts;
+SELECT target, owner, key, removed_row ->> 'name' AS removed FROM flex_merge_audit;
+SELECT target, owner, mode, inserted, updated, unchanged, conflicts, deleted, held FROM flex_merge_log ORDER BY id;
+DROP TABLE merge_target, merge_source;
 -- The dedupe's report, dry and real, over a crew call with a duplicate row.
 ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
 INSERT INTO flex_crew_assignments (crew_call_id, technician_id, flex_line_item_id, created_at)

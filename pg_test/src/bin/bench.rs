@@ -600,6 +600,51 @@ fn naive_comparison(b: &mut Bench) {
     b.line("(no authorization, no checks, no lock, no record of lines). Goal: flex_sync at half the naive one or less.");
 }
 
+/// The merge at scale: a target of 1,000,000 rows, 100,000 of them another owner's; an incremental
+/// merge of 10,000 changed rows and a full merge, against the seed's TRUNCATE + INSERT.
+fn merge_at_scale(b: &mut Bench) {
+    b.line("\n## 9. The source-preserving merge at 1,000,000 rows\n");
+    let db = TestDb::empty("bench_merge");
+    let mut client = db.connect();
+    let setup = "CREATE EXTENSION IF NOT EXISTS flex_sync;
+         DROP TABLE IF EXISTS target, staging;
+         CREATE TABLE target (id integer PRIMARY KEY, name text, amount numeric, updated_at timestamptz, source text NOT NULL);
+         CREATE TABLE staging (id integer, name text, amount numeric, updated_at timestamptz);
+         INSERT INTO staging SELECT i, 'row ' || i, i % 1000, timestamptz '2025-01-01' + i * interval '1 second'
+         FROM generate_series(1, 900000) i;
+         INSERT INTO target SELECT id, name, amount, updated_at, 'D' FROM staging;
+         INSERT INTO target SELECT i, 'mobile ' || i, 0, now(), 'M' FROM generate_series(900001, 1000000) i;";
+    client.batch_execute(setup).unwrap();
+    client.batch_execute("VACUUM ANALYZE target").unwrap();
+    client.batch_execute("VACUUM ANALYZE staging").unwrap();
+    let timed = |client: &mut Client, sql: &str| {
+        let t = Instant::now();
+        client.batch_execute(sql).unwrap();
+        ms(t.elapsed())
+    };
+    let others = |client: &mut Client| -> i64 { client.query_one("SELECT count(*) FROM target WHERE source <> 'D'", &[]).unwrap().get(0) };
+    // The watermark at the end of the loaded rows, then 10,000 of them change.
+    timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"cursor_column\": \"updated_at\"}')");
+    client
+        .batch_execute("UPDATE staging SET amount = amount + 1, updated_at = now() WHERE id % 90 = 0")
+        .unwrap();
+    let incremental = timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"cursor_column\": \"updated_at\"}')");
+    let full = timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"mode\": \"full\"}')");
+    let kept = others(&mut client);
+    let truncate = timed(
+        &mut client,
+        "BEGIN; TRUNCATE target; INSERT INTO target SELECT id, name, amount, updated_at, 'D' FROM staging; COMMIT;",
+    );
+    let after_truncate = others(&mut client);
+    b.line("| method | ms | rows of the other owner after (of 100,000) |");
+    b.line("|---|---|---|");
+    b.line(&format!("| flex_sync_merge, incremental, 10,000 changed rows | {incremental:.0} | {kept} |"));
+    b.line(&format!("| flex_sync_merge, full (900,000 source rows) | {full:.0} | {kept} |"));
+    b.line(&format!("| TRUNCATE + INSERT (the seed's forward sync) | {truncate:.0} | {after_truncate} |"));
+    b.line("\nOne run each on the bench server (defaults of cluster.sh). The merge changes only rows of owner");
+    b.line("D; TRUNCATE takes every other owner's rows with it.");
+}
+
 /// A named part of the benchmarks, run alone with `bench.sh <name>`.
 type Section = fn(&mut Bench);
 
@@ -625,7 +670,7 @@ fn main() {
     );
     b.line(&header);
     let only = std::env::args().nth(1);
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("calls", flex_calls),
         ("wall", wall_time),
         ("cost", database_cost),
@@ -634,6 +679,7 @@ fn main() {
         ("click", interactive_during_run),
         ("storm", storm_comparison),
         ("naive", naive_comparison),
+        ("merge", merge_at_scale),
     ];
     for (name, section) in sections {
         if only.as_deref().is_none_or(|o| o == name) {
