@@ -141,7 +141,7 @@ fn a_missing_or_mistyped_column_is_a_clear_error_and_nothing_is_written() {
     assert!(attempt(&mut client, &call(r#"{}"#, "job_id")).starts_with("22023: flex_sync_merge: an incremental merge needs"));
     client.batch_execute("ALTER TABLE staging ALTER COLUMN client_id TYPE text").unwrap();
     assert_eq!(attempt(&mut client, &call(r#"{"mode": "full"}"#, "job_id")),
-               "42804: flex_sync_merge: column \"client_id\" is text in the source and integer in the target");
+               "42804: flex_sync_merge: the source does not fit the target: column \"client_id\" is of type integer but expression is of type text");
     client.batch_execute("ALTER TABLE staging ALTER COLUMN client_id TYPE bigint USING 1").unwrap();
     client.batch_execute("INSERT INTO staging VALUES (1, 2, 'one again', 'Open', now())").unwrap();
     assert_eq!(attempt(&mut client, &call(r#"{"mode": "full"}"#, "job_id")),
@@ -163,6 +163,70 @@ fn a_missing_or_mistyped_column_is_a_clear_error_and_nothing_is_written() {
         .unwrap();
     let gen = strings(&mut client, "SELECT twice || ' ' || serial_no FROM gen", &[]);
     assert_eq!(gen, vec!["42 77"], "generated computed; identity ALWAYS taken from the source");
+    // The identity's sequence moved past the value taken: the application's next row fits.
+    client.batch_execute("INSERT INTO gen (id, n) VALUES (2, 1)").unwrap();
+    assert_eq!(strings(&mut client, "SELECT serial_no::text FROM gen WHERE id = 2", &[]), vec!["78"]);
+    // A value the target's type cannot hold is an error, not a truncation.
+    client
+        .batch_execute("CREATE TABLE short (id integer PRIMARY KEY, code varchar(3), owner text);
+                        CREATE TABLE short_src (id integer, code text);
+                        INSERT INTO short_src VALUES (1, 'abcdefgh');")
+        .unwrap();
+    assert!(attempt(&mut client, "SELECT flex_sync_merge('short', 'short_src', ARRAY['id'], 'owner', 'D', '{\"mode\": \"full\"}')")
+        .starts_with("22001: flex_sync_merge: the source does not fit the target: value too long"));
+    assert_eq!(strings(&mut client, "SELECT count(*)::text FROM short", &[]), vec!["0"]);
+}
+
+#[test]
+fn what_a_review_found_stays_fixed() {
+    let (_db, mut client) = setup("merge_review");
+    let attempt = |client: &mut Client, sql: &str| -> String {
+        match client.batch_execute(sql) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or_default(),
+        }
+    };
+    // The source renumbers every key: as many inserts as deletes, and the deletes are still held.
+    client
+        .batch_execute(
+            "INSERT INTO jobshead SELECT i, 1, 'old ' || i, 'Open', now(), 'D' FROM generate_series(1, 10) i;
+             INSERT INTO staging SELECT i, 1, 'new ' || i, 'Open', now() FROM generate_series(11, 20) i;",
+        )
+        .unwrap();
+    let dry = merge(&mut client, r#"{"mode": "full", "dry_run": true}"#);
+    let real = merge(&mut client, r#"{"mode": "full"}"#);
+    assert_eq!((dry["held"]["reason"].as_str(), real["held"]["reason"].as_str()), (Some("max_delete_fraction"), Some("max_delete_fraction")));
+    assert_eq!((real["inserted"].as_i64(), real["deleted"].as_i64()), (Some(10), Some(0)), "{real}");
+    // A source row without a key, the source as the target, options that cannot go together.
+    client.batch_execute("INSERT INTO staging VALUES (NULL, 1, 'no key', 'Open', now())").unwrap();
+    assert!(attempt(&mut client, "SELECT flex_sync_merge('jobshead', 'staging', ARRAY['job_id'], 'source', 'D', '{\"mode\": \"full\"}')")
+        .starts_with("22004: flex_sync_merge: the source has a row without a key"));
+    assert!(attempt(&mut client, "SELECT flex_sync_merge('jobshead', 'jobshead', ARRAY['job_id'], 'source', 'D', '{\"mode\": \"full\"}')")
+        .starts_with("22023: flex_sync_merge: the source is the target"));
+    assert!(attempt(&mut client, "SELECT flex_sync_merge('jobshead', 'staging', ARRAY['job_id'], 'source', 'D', '{\"cursor_column\": \"updated_at\", \"lookback\": \"1 hour\", \"batch_size\": 5}')")
+        .starts_with("22023: flex_sync_merge: batch_size must be a positive integer, and cannot go with lookback"));
+    assert!(attempt(&mut client, "SELECT flex_sync_merge('jobshead', 'staging', ARRAY['job_id'], 'source', 'D', '{\"cursor_column\": \"client_id\", \"lookback\": \"1 hour\"}')")
+        .starts_with("22023: flex_sync_merge: lookback needs a time cursor"));
+    assert!(attempt(&mut client, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT flex_sync_merge('jobshead', 'staging', ARRAY['job_id'], 'source', 'D', '{\"mode\": \"full\"}')")
+        .starts_with("25000: flex_sync_merge cannot run in a REPEATABLE READ transaction"));
+    client.batch_execute("ROLLBACK").unwrap();
+    // An owner column of another type is compared in its own type; a json column (no equality
+    // operator) is compared all the same.
+    client
+        .batch_execute(
+            "CREATE TABLE typed (id integer PRIMARY KEY, doc json, owner integer);
+             CREATE TABLE typed_src (id integer, doc json);
+             INSERT INTO typed_src VALUES (1, '{\"a\": 1}');
+             SELECT flex_sync_merge('typed', 'typed_src', ARRAY['id'], 'owner', '07', '{\"mode\": \"full\"}');
+             UPDATE typed_src SET doc = '{\"a\": 2}';",
+        )
+        .unwrap();
+    let text: String = client
+        .query_one("SELECT flex_sync_merge('typed', 'typed_src', ARRAY['id'], 'owner', '7', '{\"mode\": \"full\"}')::text", &[])
+        .unwrap()
+        .get(0);
+    let typed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((typed["updated"].as_i64(), typed["conflicts"].as_i64()), (Some(1), Some(0)), "{typed}");
 }
 
 #[test]
@@ -179,8 +243,8 @@ fn full_mode_deletes_only_the_owners_missing_rows_audited_and_guarded() {
     client.batch_execute("DELETE FROM staging WHERE job_id IN (9, 10)").unwrap();
     let two = merge(&mut client, r#"{"mode": "full"}"#);
     assert_eq!((two["deleted"].as_i64(), two["held"].is_null()), (Some(2), true), "{two}");
-    assert_eq!(strings(&mut client, "SELECT key::text FROM flex_merge_audit ORDER BY id", &[]), vec!["[\"9\"]", "[\"10\"]"]);
-    assert_eq!(strings(&mut client, "SELECT (removed_row ->> 'job_name') FROM flex_merge_audit ORDER BY id", &[]), vec!["job 9", "job 10"]);
+    assert_eq!(strings(&mut client, "SELECT key::text FROM flex_merge_audit ORDER BY (key ->> 0)::int", &[]), vec!["[\"9\"]", "[\"10\"]"]);
+    assert_eq!(strings(&mut client, "SELECT (removed_row ->> 'job_name') FROM flex_merge_audit ORDER BY (key ->> 0)::int", &[]), vec!["job 9", "job 10"]);
     // The source comes back nearly empty: more than half of the owner's rows would go: held.
     client.batch_execute("DELETE FROM staging WHERE job_id > 2").unwrap();
     let held = merge(&mut client, r#"{"mode": "full"}"#);

@@ -623,14 +623,24 @@ fn merge_at_scale(b: &mut Bench) {
         ms(t.elapsed())
     };
     let others = |client: &mut Client| -> i64 { client.query_one("SELECT count(*) FROM target WHERE source <> 'D'", &[]).unwrap().get(0) };
+    let merged = |client: &mut Client, options: &str| -> (f64, Value) {
+        let t = Instant::now();
+        let text: String = client
+            .query_one("SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', $1::text::jsonb)::text", &[&options])
+            .unwrap()
+            .get(0);
+        (ms(t.elapsed()), serde_json::from_str(&text).unwrap())
+    };
     // The watermark at the end of the loaded rows, then 10,000 of them change.
-    timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"cursor_column\": \"updated_at\"}')");
-    client
-        .batch_execute("UPDATE staging SET amount = amount + 1, updated_at = now() WHERE id % 90 = 0")
-        .unwrap();
-    let incremental = timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"cursor_column\": \"updated_at\"}')");
-    let full = timed(&mut client, "SELECT flex_sync_merge('target', 'staging', ARRAY['id'], 'source', 'D', '{\"mode\": \"full\"}')");
-    let kept = others(&mut client);
+    merged(&mut client, r#"{"cursor_column": "updated_at"}"#);
+    client.batch_execute("UPDATE staging SET amount = amount + 1, updated_at = now() WHERE id % 90 = 0").unwrap();
+    let (incremental, result) = merged(&mut client, r#"{"cursor_column": "updated_at"}"#);
+    assert_eq!(result["updated"], 10_000, "{result}");
+    let kept_incremental = others(&mut client);
+    client.batch_execute("UPDATE staging SET amount = amount + 1 WHERE id % 90 = 1").unwrap();
+    let (full, result) = merged(&mut client, r#"{"mode": "full"}"#);
+    assert_eq!(result["updated"], 10_000, "{result}");
+    let kept_full = others(&mut client);
     let truncate = timed(
         &mut client,
         "BEGIN; TRUNCATE target; INSERT INTO target SELECT id, name, amount, updated_at, 'D' FROM staging; COMMIT;",
@@ -638,8 +648,8 @@ fn merge_at_scale(b: &mut Bench) {
     let after_truncate = others(&mut client);
     b.line("| method | ms | rows of the other owner after (of 100,000) |");
     b.line("|---|---|---|");
-    b.line(&format!("| flex_sync_merge, incremental, 10,000 changed rows | {incremental:.0} | {kept} |"));
-    b.line(&format!("| flex_sync_merge, full (900,000 source rows) | {full:.0} | {kept} |"));
+    b.line(&format!("| flex_sync_merge, incremental, 10,000 changed rows | {incremental:.0} | {kept_incremental} |"));
+    b.line(&format!("| flex_sync_merge, full (900,000 source rows, 10,000 changed) | {full:.0} | {kept_full} |"));
     b.line(&format!("| TRUNCATE + INSERT (the seed's forward sync) | {truncate:.0} | {after_truncate} |"));
     b.line("\nOne run each on the bench server (defaults of cluster.sh). The merge changes only rows of owner");
     b.line("D; TRUNCATE takes every other owner's rows with it.");
