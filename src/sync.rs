@@ -43,8 +43,7 @@ struct CheckedCall {
 fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>) -> Result<CheckedCall> {
     store::check_call(job.is_some())?;
     let job = job.ok_or(FlexSyncError::NullJob)?;
-    let context = store::call_context(Some(&job))?;
-    check_isolation(&context)?;
+    let context = call_context(Some(&job))?;
     let departments = match departments {
         Some(list) => {
             let in_use = match names_to_look_up(list, &context.departments) {
@@ -62,11 +61,13 @@ fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>
     Ok(CheckedCall { job, departments, caller: context.caller, client })
 }
 
-/// These keep the snapshot they took before the lock, so they would reconcile stale rows.
-fn check_isolation(context: &store::CallContext) -> Result<()> {
+/// What a call checks its input against, refused in an isolation that keeps the snapshot taken
+/// before the lock (it would reconcile stale rows).
+fn call_context(job: Option<&str>) -> Result<store::CallContext> {
+    let context = store::call_context(job)?;
     match context.isolation.as_str() {
         "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase())),
-        _ => Ok(()),
+        _ => Ok(context),
     }
 }
 
@@ -112,13 +113,9 @@ pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, w
     Ok(json!({"job_id": call.job, "plan": summary}))
 }
 
-/// The answer to the crew call's one listing.
+/// The answer to the crew call's one listing (send_all answers every request, a lost one too).
 fn list(client: &FlexClient, input: &protocol::CrewInput, wait: &dyn Fn()) -> protocol::Outcome {
-    let request = protocol::listing_request(input);
-    let tag = request.tag;
-    client.send_all(vec![request], wait).into_iter().find(|a| a.tag == tag).map(|a| a.outcome).unwrap_or_else(|| {
-        protocol::Outcome::Failure(protocol::Failure::new(protocol::ErrorCode::WorkerLost, None, false))
-    })
+    client.send_all(vec![protocol::listing_request(input)], wait).remove(0).outcome
 }
 
 /// The crew call as the protocol takes it, with the options the client runs with.
@@ -141,8 +138,7 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
         Some(n) if (1..=MAX_DRIFT_CREW_CALLS).contains(&n) => n,
         other => return Err(FlexSyncError::BadCrewCallCount(other.map_or("NULL".into(), |n| n.to_string()))),
     };
-    let context = store::call_context(None)?;
-    check_isolation(&context)?;
+    let context = call_context(None)?;
     let checks = max_crew_calls as u64;
     let client = configured_client(&context, |options| Options {
         max_calls_per_sync: options.max_calls_per_sync.min(checks),
