@@ -2,6 +2,7 @@
 //! it, a hint. Flex failures inside a sync are not raised but reported in the summary (see
 //! `sync.rs`); what is raised here is bad input, bad configuration or a database problem.
 
+use flex_sync_core::ingest::BatchError;
 use flex_sync_core::input::InputError;
 use flex_sync_core::settings::{SettingsError, KNOWN_OPTIONS_HINT};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -17,6 +18,8 @@ pub enum FlexSyncError {
     BadCrewCallCount(String),
     #[error("invalid departments: {0}")]
     Departments(#[from] InputError),
+    #[error("invalid ingest batch: {0}")]
+    Batch(#[from] BatchError),
     #[error("invalid flex_sync settings: {0}")]
     Settings(#[from] SettingsError),
     #[error("flex_sync is not configured")]
@@ -46,6 +49,7 @@ impl FlexSyncError {
             FlexSyncError::UnknownJob(_)
             | FlexSyncError::BadCrewCallCount(_)
             | FlexSyncError::Departments(_)
+            | FlexSyncError::Batch(_)
             | FlexSyncError::Settings(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
@@ -64,6 +68,10 @@ impl FlexSyncError {
             FlexSyncError::Departments(_) => {
                 Some("pass NULL for every department with a crew call, or names such as 'sound', 'lights', 'video'")
             }
+            FlexSyncError::Batch(_) => Some(
+                "send a JSON array of {\"op_id\", \"table\", \"local_id\", \"action\": \"upsert\" | \"delete\", \"data\"} \
+                 with a distinct op_id each; nothing of this batch was applied",
+            ),
             FlexSyncError::Settings(SettingsError::UnknownOption(_)) => Some(KNOWN_OPTIONS_HINT),
             FlexSyncError::Settings(SettingsError::TokenAndVaultSecret) => Some(
                 "pass NULL as api_token to read the token from Vault, or set the option api_token_vault_secret \

@@ -4,6 +4,7 @@
 pub mod endpoints;
 pub mod flex_response;
 pub mod guard;
+pub mod ingest;
 pub mod input;
 pub mod plan;
 pub mod protocol;
