@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks, separate from the tests: builds the extension in release mode, starts a throwaway
-# server, runs every section (or the one named: calls, wall, cost, queue, dedupe, click, storm, naive, merge) and writes the
+# server, runs every section (or the one named: calls, wall, cost, queue, dedupe, click, storm, naive, merge, ingest) and writes the
 # figures with the machine's description to bench/results.md. Then reinstall the debug build
 # (`cargo pgrx install`) before running the tests again, or just run pg_test/test.sh.
 set -euo pipefail

@@ -1,5 +1,7 @@
 -- flex_sync 1.2.0 to 1.3.0: the source-preserving merge (flex_sync_merge, its watermarks,
--- conflicts, audit and log) and the guard's rule for SQL (flex_sync_private.guard_hold_reason).
+-- conflicts, audit and log), the idempotent ingest (flex_sync_ingest_register, flex_sync_ingest,
+-- its id map, operation record and inbox with leased workers) and their rules from the pure core
+-- (flex_sync_private.guard_hold_reason, ingest_order, ingest_retryable).
 -- Objects are created exactly as a fresh 1.3.0 install creates them.
 
 -- The source-preserving merge: flex_sync_merge() brings the rows of a source relation (a staging
@@ -453,6 +455,587 @@ BEGIN
 END
 $$;
 
+-- The idempotent ingest: the server half of a device sync queue. A device posts a batch of
+-- operations naming its own local ids; flex_sync_ingest() applies each operation once (its
+-- (device_id, op_id) is recorded with its result in the same transaction as the change), parents
+-- before children, each in a savepoint, and rewrites foreign keys through a persistent id map
+-- (device_id, table, local_id) -> server id. A replayed batch is answered from the record. The
+-- inbox stores batches for devices that cannot wait; workers lease them (SKIP LOCKED, a lease
+-- expiry and a fencing counter) and apply them with the same function.
+--
+-- Rights: flex_sync_ingest() runs as its caller, so the caller's privileges and row level
+-- security decide what a device may change; the records it keeps are written only through the
+-- SECURITY DEFINER helpers below, which change nothing but those records.
+
+-- The tables devices may write, by the name devices use for them (the table's own name, which is
+-- unique among them), with the natural key that makes one server row of what two devices create.
+CREATE TABLE flex_sync_private.ingest_tables (
+    name          text PRIMARY KEY,
+    target        regclass NOT NULL UNIQUE,
+    natural_key   text[],
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_tables', '');
+
+-- The id map: which server row a device's local id is. A mapping never changes once made.
+CREATE TABLE flex_sync_private.ingest_id_map (
+    device_id  text NOT NULL,
+    table_name text NOT NULL,
+    local_id   text NOT NULL,
+    server_id  uuid NOT NULL,
+    mapped_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (device_id, table_name, local_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_id_map', '');
+
+-- Every operation taken, with the result its device was given. `result` is NULL only inside the
+-- transaction that is applying it; an operation that failed in a way a retry can help is not
+-- kept, so the retry applies it.
+CREATE TABLE flex_sync_private.ingest_operations (
+    device_id  text NOT NULL,
+    op_id      text NOT NULL,
+    result     jsonb,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (device_id, op_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_operations', '');
+
+-- Batches waiting for a worker. `due_at`: when a queued batch may be taken, or when a leased
+-- one's lease runs out. `fence` grows with every lease: a worker settles a batch only while the
+-- fence is the one it leased, so a worker whose lease was taken over cannot finish.
+CREATE TABLE flex_sync_private.ingest_inbox (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id    text NOT NULL,
+    batch        jsonb NOT NULL,
+    state        text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'leased', 'done', 'dead')),
+    attempts     integer NOT NULL DEFAULT 0,
+    fence        bigint NOT NULL DEFAULT 0,
+    leased_by    integer,
+    due_at       timestamptz NOT NULL DEFAULT now(),
+    submitted_at timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    result       jsonb,
+    last_error   text
+);
+CREATE INDEX ingest_inbox_due ON flex_sync_private.ingest_inbox (due_at, id) WHERE state IN ('queued', 'leased');
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_inbox_id_seq', '');
+
+CREATE VIEW flex_sync_ingest_inbox AS
+    SELECT id, device_id, state, attempts, fence, leased_by, due_at, submitted_at, finished_at,
+           jsonb_array_length(batch) AS operations, last_error, result
+    FROM flex_sync_private.ingest_inbox;
+
+-- Batches that will not be tried again until flex_sync_ingest_requeue().
+CREATE VIEW flex_sync_ingest_dead AS
+    SELECT id, device_id, attempts, submitted_at, finished_at, operations, last_error, result
+    FROM flex_sync_ingest_inbox
+    WHERE state = 'dead';
+
+CREATE FUNCTION flex_sync_ingest_register(target regclass, natural_key text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_kind "char";
+    v_name name;
+    v_id_column name;
+    v_missing text;
+    v_other regclass;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'flex_sync: target must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind, c.relname INTO v_kind, v_name FROM pg_class c WHERE c.oid = target;
+    IF v_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'flex_sync: % is not a table', target
+            USING ERRCODE = 'wrong_object_type', HINT = 'devices write tables: register the table a view or foreign table reads';
+    END IF;
+    SELECT a.attname INTO v_id_column
+    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = target AND i.indisprimary AND i.indnatts = 1 AND a.atttypid = 'uuid'::regtype;
+    IF v_id_column IS NULL THEN
+        RAISE EXCEPTION 'flex_sync: % has no primary key of one uuid column', target
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'the server id of a device''s row is a uuid: give the table a primary key such as id uuid PRIMARY KEY DEFAULT gen_random_uuid()';
+    END IF;
+    IF natural_key IS NOT NULL THEN
+        IF cardinality(natural_key) = 0 OR array_position(natural_key, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'flex_sync: natural_key must name at least one column, or be NULL'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT string_agg(quote_ident(k), ', ') INTO v_missing
+        FROM unnest(natural_key) k
+        WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                          WHERE a.attrelid = target AND a.attname = k AND a.attnum > 0 AND NOT a.attisdropped);
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'flex_sync: % has no column %', target, v_missing USING ERRCODE = 'undefined_column';
+        END IF;
+        IF v_id_column = ANY (natural_key) THEN
+            RAISE EXCEPTION 'flex_sync: the natural key of % cannot contain its server id %', target, quote_ident(v_id_column)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- ON CONFLICT needs a plain unique index on exactly these columns to find the one row.
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_index i
+            WHERE i.indrelid = target AND i.indisunique AND i.indimmediate AND i.indpred IS NULL
+              AND i.indexprs IS NULL AND i.indnkeyatts = cardinality(natural_key)
+              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                   FROM pg_attribute a WHERE a.attrelid = target AND a.attnum = ANY (i.indkey::int2[]))
+                  = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k)
+        ) THEN
+            RAISE EXCEPTION 'flex_sync: % has no unique index on exactly (%)', target, array_to_string(natural_key, ', ')
+                USING ERRCODE = 'invalid_column_reference',
+                      HINT = 'two devices creating one natural key must meet one row: create a unique constraint on these columns (not partial, not deferrable)';
+        END IF;
+    END IF;
+    SELECT t.target INTO v_other FROM flex_sync_private.ingest_tables t
+    WHERE t.name = v_name AND t.target <> flex_sync_ingest_register.target;
+    IF v_other IS NOT NULL THEN
+        RAISE EXCEPTION 'flex_sync: a table named % is registered already (%)', quote_ident(v_name), v_other
+            USING ERRCODE = 'duplicate_object', HINT = 'devices name tables without their schema, so registered tables need distinct names';
+    END IF;
+    INSERT INTO flex_sync_private.ingest_tables AS t (name, target, natural_key)
+    VALUES (v_name, target, natural_key)
+    ON CONFLICT ON CONSTRAINT ingest_tables_target_key DO UPDATE SET natural_key = excluded.natural_key, name = excluded.name;
+END
+$$;
+
+-- What the ingest needs of each registered table, by the name devices use: the table, its server
+-- id column, its natural key, the columns a device may send, and its foreign keys to other
+-- registered tables' server ids (column -> that table's name), read from the catalog now.
+CREATE FUNCTION flex_sync_private.ingest_catalog()
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH registered AS (
+        SELECT t.name, t.target, t.natural_key, a.attname AS id_column
+        FROM flex_sync_private.ingest_tables t
+        JOIN pg_index i ON i.indrelid = t.target AND i.indisprimary AND i.indnatts = 1
+        JOIN pg_attribute a ON a.attrelid = t.target AND a.attnum = i.indkey[0]
+    )
+    SELECT coalesce(jsonb_object_agg(r.name, jsonb_build_object(
+        'target', r.target::text,
+        'id_column', r.id_column,
+        'natural_key', to_jsonb(r.natural_key),
+        'columns', (SELECT coalesce(jsonb_agg(a.attname), '[]') FROM pg_attribute a
+                    WHERE a.attrelid = r.target AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> r.id_column),
+        'parents', (SELECT coalesce(jsonb_object_agg(fa.attname, p.name), '{}')
+                    FROM pg_constraint c
+                    JOIN registered p ON p.target = c.confrelid
+                    JOIN pg_attribute pa ON pa.attrelid = p.target AND pa.attnum = c.confkey[1] AND pa.attname = p.id_column
+                    JOIN pg_attribute fa ON fa.attrelid = c.conrelid AND fa.attnum = c.conkey[1]
+                    WHERE c.conrelid = r.target AND c.contype = 'f' AND cardinality(c.conkey) = 1))), '{}')
+    FROM registered r;
+$$;
+
+-- The catalog's foreign keys alone, as the order of a batch needs them.
+CREATE FUNCTION flex_sync_private.ingest_links(p_catalog jsonb)
+RETURNS jsonb
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(key, value -> 'parents'), '{}') FROM jsonb_each(p_catalog);
+$$;
+
+-- Takes the operation for this call: NULL when it was not taken before; otherwise the result its
+-- device was given then. An operation another transaction is applying is waited for.
+CREATE FUNCTION flex_sync_private.ingest_claim(p_device_id text, p_op_id text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO flex_sync_private.ingest_operations (device_id, op_id) VALUES (p_device_id, p_op_id)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT o.result FROM flex_sync_private.ingest_operations o WHERE o.device_id = p_device_id AND o.op_id = p_op_id);
+END
+$$;
+
+CREATE FUNCTION flex_sync_private.ingest_mapped(p_device_id text, p_table text, p_local_id text)
+RETURNS uuid
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT m.server_id FROM flex_sync_private.ingest_id_map m
+    WHERE m.device_id = p_device_id AND m.table_name = p_table AND m.local_id = p_local_id;
+$$;
+
+-- Keeps what an applied operation did: its mapping (made once; a local id another operation of
+-- the device mapped to another row meanwhile is a serialization failure, so the retry updates
+-- the mapped row instead) and its result.
+CREATE FUNCTION flex_sync_private.ingest_record(p_device_id text, p_op_id text, p_table text, p_local_id text,
+                                                p_server_id uuid, p_result jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mapped uuid;
+BEGIN
+    IF p_server_id IS NOT NULL THEN
+        INSERT INTO flex_sync_private.ingest_id_map (device_id, table_name, local_id, server_id)
+        VALUES (p_device_id, p_table, p_local_id, p_server_id)
+        ON CONFLICT DO NOTHING;
+        v_mapped := flex_sync_private.ingest_mapped(p_device_id, p_table, p_local_id);
+        IF v_mapped <> p_server_id THEN
+            RAISE EXCEPTION 'flex_sync: %:% of device % was mapped to % by another operation meanwhile',
+                            p_table, p_local_id, p_device_id, v_mapped
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    UPDATE flex_sync_private.ingest_operations o SET result = p_result
+    WHERE o.device_id = p_device_id AND o.op_id = p_op_id;
+END
+$$;
+
+-- The result of an operation that failed. One a retry cannot help is kept, so that a replay is
+-- answered the same way; one it can help is not, so that the retry applies it.
+CREATE FUNCTION flex_sync_private.ingest_failure(p_device_id text, p_op jsonb, p_sqlstate text, p_message text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_retryable boolean := flex_sync_private.ingest_retryable(p_sqlstate);
+    v_result jsonb := jsonb_build_object('op_id', p_op ->> 'op_id', 'status', 'failed', 'server_id', NULL,
+                                         'error', p_sqlstate || ': ' || p_message, 'retryable', v_retryable);
+BEGIN
+    IF NOT v_retryable THEN
+        -- Another transaction that took the operation after this one let it go keeps its result.
+        INSERT INTO flex_sync_private.ingest_operations (device_id, op_id, result)
+        VALUES (p_device_id, p_op ->> 'op_id', v_result)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN v_result;
+END
+$$;
+
+-- Applies one operation in a savepoint and returns its result: the stored one for an operation
+-- taken before (status "replayed" if it was applied), else "applied" or "failed". `p_problem`:
+-- why the batch's order found it cannot be applied. Runs as the caller: the change is the
+-- caller's, under its privileges and row level security.
+CREATE FUNCTION flex_sync_private.ingest_apply(p_device_id text, p_op jsonb, p_table jsonb, p_problem text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_op_id text := p_op ->> 'op_id';
+    v_name text := p_op ->> 'table';
+    v_local_id text := p_op ->> 'local_id';
+    v_stored jsonb;
+    v_server_id uuid;
+    v_data jsonb;
+    v_column text;
+    v_parent text;
+    v_parent_id uuid;
+    v_unknown text;
+    v_columns text[];
+    v_conflict text[];
+    v_on_conflict text := '';
+    v_result jsonb;
+    v_sqlstate text;
+    v_message text;
+BEGIN
+    v_stored := flex_sync_private.ingest_claim(p_device_id, v_op_id);
+    IF v_stored IS NOT NULL THEN
+        RETURN CASE WHEN v_stored ->> 'status' = 'applied' THEN v_stored || '{"status": "replayed"}' ELSE v_stored END;
+    END IF;
+    IF p_problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', p_problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_server_id := flex_sync_private.ingest_mapped(p_device_id, v_name, v_local_id);
+    IF p_op ->> 'action' = 'delete' THEN
+        IF v_server_id IS NOT NULL THEN
+            EXECUTE format('DELETE FROM %s WHERE %I = $1', p_table ->> 'target', p_table ->> 'id_column') USING v_server_id;
+        END IF;
+    ELSE
+        v_data := p_op -> 'data';
+        SELECT string_agg(quote_ident(k), ', ') INTO v_unknown
+        FROM jsonb_object_keys(v_data) k WHERE NOT (p_table -> 'columns') ? k;
+        IF v_unknown IS NOT NULL THEN
+            RAISE EXCEPTION 'table % has no column % a device may write', v_name, v_unknown
+                USING ERRCODE = 'undefined_column',
+                      HINT = format('a device sends columns of the table by name, all but the server id %I, which the server assigns',
+                                    p_table ->> 'id_column');
+        END IF;
+        FOR v_column, v_parent IN SELECT key, value FROM jsonb_each_text(p_table -> 'parents') LOOP
+            IF jsonb_typeof(v_data -> v_column) IN ('string', 'number') THEN
+                v_parent_id := flex_sync_private.ingest_mapped(p_device_id, v_parent, v_data ->> v_column);
+                IF v_parent_id IS NULL THEN
+                    RAISE EXCEPTION '%:% (its %) has not been synced by device % yet', v_parent, v_data ->> v_column, v_column, p_device_id
+                        USING ERRCODE = 'FS001';
+                END IF;
+                v_data := jsonb_set(v_data, ARRAY[v_column], to_jsonb(v_parent_id));
+            END IF;
+        END LOOP;
+        v_columns := ARRAY(SELECT jsonb_object_keys(v_data));
+        IF v_server_id IS NOT NULL THEN
+            v_conflict := ARRAY[p_table ->> 'id_column'];
+        ELSIF jsonb_typeof(p_table -> 'natural_key') = 'array' AND NOT EXISTS (
+                  SELECT 1 FROM jsonb_array_elements_text(p_table -> 'natural_key') k
+                  WHERE jsonb_typeof(v_data -> k) IS DISTINCT FROM 'string' AND jsonb_typeof(v_data -> k) IS DISTINCT FROM 'number'
+                    AND jsonb_typeof(v_data -> k) IS DISTINCT FROM 'boolean') THEN
+            v_conflict := ARRAY(SELECT jsonb_array_elements_text(p_table -> 'natural_key'));
+        END IF;
+        IF v_conflict IS NOT NULL THEN
+            v_on_conflict := format(' ON CONFLICT (%s) DO UPDATE SET %s',
+                (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_conflict) c),
+                CASE WHEN cardinality(v_columns) = 0 THEN format('%1$I = t.%1$I', p_table ->> 'id_column')
+                     ELSE format('(%s) = ROW(%s)', (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_columns) c),
+                                 (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(v_columns) c)) END);
+        END IF;
+        EXECUTE format('INSERT INTO %1$s AS t (%2$I%3$s) SELECT $1%4$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r%5$s RETURNING t.%2$I',
+                       p_table ->> 'target', p_table ->> 'id_column',
+                       (SELECT string_agg(', ' || quote_ident(c), '') FROM unnest(v_columns) c),
+                       (SELECT string_agg(', r.' || quote_ident(c), '') FROM unnest(v_columns) c),
+                       v_on_conflict)
+            USING coalesce(v_server_id, gen_random_uuid()), v_data
+            INTO v_server_id;
+    END IF;
+    v_result := jsonb_build_object('op_id', v_op_id, 'status', 'applied', 'server_id', v_server_id, 'error', NULL, 'retryable', false);
+    PERFORM flex_sync_private.ingest_record(p_device_id, v_op_id, v_name, v_local_id, v_server_id, v_result);
+    RETURN v_result;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+    RETURN flex_sync_private.ingest_failure(p_device_id, p_op, v_sqlstate, v_message);
+END
+$$;
+
+CREATE FUNCTION flex_sync_ingest(device_id text, batch jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_catalog jsonb;
+    v_positions integer[];
+    v_problems text[];
+    v_results jsonb[];
+    v_op jsonb;
+    v_result jsonb;
+    v_id_map jsonb := '{}';
+BEGIN
+    IF device_id IS NULL OR batch IS NULL THEN
+        RAISE EXCEPTION 'flex_sync: device_id and batch must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(device_id) = '' THEN
+        RAISE EXCEPTION 'flex_sync: device_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_catalog := flex_sync_private.ingest_catalog();
+    SELECT coalesce(array_agg(o.position ORDER BY o.step), '{}'), coalesce(array_agg(o.problem ORDER BY o.step), '{}')
+    INTO v_positions, v_problems
+    FROM flex_sync_private.ingest_order(batch, flex_sync_private.ingest_links(v_catalog)) WITH ORDINALITY o(position, problem, step);
+    v_results := array_fill(NULL::jsonb, ARRAY[cardinality(v_positions)]);
+    FOR i IN 1 .. cardinality(v_positions) LOOP
+        v_op := batch -> v_positions[i];
+        v_result := flex_sync_private.ingest_apply(device_id, v_op, v_catalog -> (v_op ->> 'table'), v_problems[i]);
+        v_results[v_positions[i] + 1] := v_result;
+        IF v_result ->> 'server_id' IS NOT NULL THEN
+            v_id_map := v_id_map || jsonb_build_object((v_op ->> 'table') || ':' || (v_op ->> 'local_id'), v_result -> 'server_id');
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('results', to_jsonb(v_results), 'id_map', v_id_map);
+END
+$$;
+
+-- The pause before a batch is tried again after `attempts` tries: exponential (5 s, 10 s, 20 s,
+-- ... capped at an hour), each between half and all of it at random so that devices that failed
+-- together do not come back together.
+CREATE FUNCTION flex_sync_private.retry_delay(p_attempts integer)
+RETURNS interval
+LANGUAGE sql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT make_interval(secs => least(3600, 5 * 2 ^ greatest(p_attempts - 1, 0)) * (0.5 + random() / 2));
+$$;
+
+CREATE FUNCTION flex_sync_ingest_submit(device_id text, batch jsonb)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF device_id IS NULL OR batch IS NULL THEN
+        RAISE EXCEPTION 'flex_sync: device_id and batch must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(device_id) = '' THEN
+        RAISE EXCEPTION 'flex_sync: device_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A batch that could never be applied is refused now, not left for a worker to find dead.
+    PERFORM count(*) FROM flex_sync_private.ingest_order(batch, flex_sync_private.ingest_links(flex_sync_private.ingest_catalog()));
+    INSERT INTO flex_sync_private.ingest_inbox (device_id, batch) VALUES (device_id, batch) RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- Where a submitted batch stands, for the device that submitted it: its state and, once applied,
+-- the result flex_sync_ingest() gave.
+CREATE FUNCTION flex_sync_ingest_result(device_id text, inbox_id bigint)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object('state', i.state, 'attempts', i.attempts, 'result', i.result, 'error', i.last_error)
+    FROM flex_sync_private.ingest_inbox i
+    WHERE i.id = inbox_id AND i.device_id = flex_sync_ingest_result.device_id;
+$$;
+
+-- Leases the batch due first for p_lease_seconds: a queued one, or one whose worker's lease ran
+-- out (its worker died or is too slow), which then counts as a failed attempt. A batch that lost
+-- p_max_attempts leases is dead instead.
+CREATE FUNCTION flex_sync_private.ingest_lease(p_lease_seconds integer, p_max_attempts integer)
+RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE flex_sync_private.ingest_inbox i
+    SET state = 'dead', leased_by = NULL, finished_at = clock_timestamp(),
+        last_error = format('the lease ran out %s times (its worker died or took longer than the lease)', i.attempts)
+    WHERE i.state = 'leased' AND i.due_at <= clock_timestamp() AND i.attempts >= p_max_attempts;
+    RETURN QUERY
+    UPDATE flex_sync_private.ingest_inbox i
+    SET state = 'leased', fence = i.fence + 1, attempts = i.attempts + 1, leased_by = pg_backend_pid(),
+        due_at = clock_timestamp() + make_interval(secs => p_lease_seconds)
+    WHERE i.id = (SELECT c.id FROM flex_sync_private.ingest_inbox c
+                  WHERE c.state IN ('queued', 'leased') AND c.due_at <= clock_timestamp()
+                  ORDER BY c.due_at, c.id
+                  LIMIT 1
+                  FOR UPDATE SKIP LOCKED)
+    RETURNING i.id, i.fence, i.device_id, i.batch;
+END
+$$;
+
+-- Settles a leased batch in the transaction that applied it, and returns its new state: done, or
+-- queued again after a pause when an operation failed in a way a retry can help (dead after
+-- p_max_attempts), or dead when the whole batch failed for good. A worker whose fence is no
+-- longer the batch's lost its lease: FS002, and the apply rolls back with it.
+CREATE FUNCTION flex_sync_private.ingest_settle(p_id bigint, p_fence bigint, p_result jsonb, p_sqlstate text,
+                                                p_message text, p_max_attempts integer)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row flex_sync_private.ingest_inbox;
+    v_error text := p_sqlstate || ': ' || p_message;
+    v_retry boolean;
+    v_state text;
+BEGIN
+    SELECT * INTO v_row FROM flex_sync_private.ingest_inbox i WHERE i.id = p_id FOR UPDATE;
+    IF v_row.state IS DISTINCT FROM 'leased' OR v_row.fence <> p_fence THEN
+        RAISE EXCEPTION 'flex_sync: inbox batch % was taken over by another worker (fence %, not %)', p_id, v_row.fence, p_fence
+            USING ERRCODE = 'FS002';
+    END IF;
+    IF p_sqlstate IS NOT NULL THEN
+        v_retry := flex_sync_private.ingest_retryable(p_sqlstate);
+    ELSE
+        SELECT r ->> 'error' INTO v_error
+        FROM jsonb_array_elements(p_result -> 'results') r WHERE (r ->> 'retryable')::boolean LIMIT 1;
+        v_retry := v_error IS NOT NULL;
+    END IF;
+    v_state := CASE WHEN v_retry AND v_row.attempts < p_max_attempts THEN 'queued'
+                    WHEN v_retry OR p_sqlstate IS NOT NULL THEN 'dead'
+                    ELSE 'done' END;
+    UPDATE flex_sync_private.ingest_inbox i
+    SET state = v_state, leased_by = NULL, result = p_result, last_error = v_error,
+        due_at = CASE WHEN v_state = 'queued' THEN clock_timestamp() + flex_sync_private.retry_delay(v_row.attempts) ELSE i.due_at END,
+        finished_at = CASE WHEN v_state = 'queued' THEN NULL ELSE clock_timestamp() END
+    WHERE i.id = p_id;
+    RETURN v_state;
+END
+$$;
+
+-- Applies up to max_batches due batches of the inbox, each in its own transaction: the lease is
+-- committed first (so another worker skips the batch, and takes it over if this one dies), then
+-- the batch is applied and settled together. Schedule it with pg_cron from several workers if
+-- need be; it cannot run inside a transaction block. `report` counts the batches by the state
+-- they were left in ("lost": another worker took one over).
+CREATE PROCEDURE flex_sync_ingest_work(max_batches integer DEFAULT 100, lease_seconds integer DEFAULT 60,
+                                       max_attempts integer DEFAULT 8, INOUT report jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_lease record;
+    v_state text;
+    v_sqlstate text;
+    v_message text;
+BEGIN
+    IF max_batches IS NULL OR max_batches NOT BETWEEN 1 AND 100000
+       OR lease_seconds IS NULL OR lease_seconds NOT BETWEEN 1 AND 86400
+       OR max_attempts IS NULL OR max_attempts NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'flex_sync: max_batches must be 1 to 100000, lease_seconds 1 to 86400 and max_attempts 1 to 100'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    report := '{"done": 0, "queued": 0, "dead": 0, "lost": 0}';
+    -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
+    COMMIT;
+    FOR n IN 1 .. max_batches LOOP
+        SELECT * INTO v_lease FROM flex_sync_private.ingest_lease(lease_seconds, max_attempts);
+        EXIT WHEN v_lease.id IS NULL;
+        COMMIT;
+        BEGIN
+            v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence,
+                                                       @extschema@.flex_sync_ingest(v_lease.device_id, v_lease.batch),
+                                                       NULL, NULL, max_attempts);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            v_state := 'lost';
+            IF v_sqlstate <> 'FS002' THEN
+                BEGIN
+                    v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence, NULL, v_sqlstate, v_message, max_attempts);
+                EXCEPTION WHEN SQLSTATE 'FS002' THEN
+                    v_state := 'lost';
+                END;
+            END IF;
+        END;
+        COMMIT;
+        report := pg_catalog.jsonb_set(report, ARRAY[v_state], pg_catalog.to_jsonb((report ->> v_state)::integer + 1));
+    END LOOP;
+END
+$$;
+
+-- Dead batches back in the inbox with their attempts cleared: one batch, or all with NULL.
+-- Returns how many.
+CREATE FUNCTION flex_sync_ingest_requeue(inbox_id bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH revived AS (
+        UPDATE flex_sync_private.ingest_inbox i
+        SET state = 'queued', attempts = 0, due_at = now(), finished_at = NULL
+        WHERE i.state = 'dead' AND (inbox_id IS NULL OR i.id = inbox_id)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM revived;
+$$;
+
 CREATE  FUNCTION flex_sync_private."guard_hold_reason"(
 	"deletes" bigint,
 	"rows" bigint,
@@ -463,5 +1046,25 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'guard_hold_reason_wrapper';
+
+CREATE  FUNCTION flex_sync_private."ingest_order"(
+	"batch" jsonb,
+	"links" jsonb
+) RETURNS TABLE (
+	"position" INT,
+	"problem" TEXT
+)
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ingest_order_wrapper';
+
+CREATE  FUNCTION flex_sync_private."ingest_retryable"(
+	"sqlstate" TEXT
+) RETURNS bool
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ingest_retryable_wrapper';
 
 SELECT flex_sync_private.restrict_acls();

@@ -535,6 +535,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     report := '{"done": 0, "queued": 0, "dead": 0, "lost": 0}';
+    -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
+    COMMIT;
     FOR n IN 1 .. max_batches LOOP
         SELECT * INTO v_lease FROM flex_sync_private.ingest_lease(lease_seconds, max_attempts);
         EXIT WHEN v_lease.id IS NULL;

@@ -84,6 +84,38 @@ SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_target', 'merge_source', 
 SELECT pg_temp.attempt($$SELECT flex_sync_merge('merge_source', 'merge_target', ARRAY['id'], 'owner', 'D', '{"mode": "full"}')$$);
 SELECT count(*) AS merged_rows FROM merge_target;
 DROP TABLE merge_target, merge_source;
+-- The ingest's checks: registration, then whole batches refused before anything is applied.
+CREATE TABLE ingest_parent (id uuid PRIMARY KEY, code text);
+CREATE TABLE ingest_serial (id serial PRIMARY KEY);
+CREATE VIEW ingest_view AS SELECT * FROM ingest_parent;
+CREATE SCHEMA ingest_other;
+CREATE TABLE ingest_other.ingest_parent (id uuid PRIMARY KEY);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register(NULL)$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_view')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_serial')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['imei'])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY[]::text[])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['id'])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_other.ingest_parent')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest(NULL, '[]')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest(' ', '[]')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '{"op_id": "1"}')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[1]')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[{"table": "ingest_parent"}]')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[{"op_id": "1", "table": "ingest_parent", "local_id": "a", "action": "upsert", "data": {}},
+                                                        {"op_id": "1", "table": "ingest_parent", "local_id": "b", "action": "upsert", "data": {}}]')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', (SELECT jsonb_agg(jsonb_build_object('op_id', i::text)) FROM generate_series(1, 10001) i))$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_submit('d', '[{"op_id": ""}]')$$);
+SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(max_batches => 0)$$);
+SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(lease_seconds => NULL)$$);
+SELECT count(*) AS ingested_rows FROM ingest_parent;
+SELECT count(*) AS recorded_operations FROM flex_sync_private.ingest_operations;
+SELECT count(*) AS inbox_batches FROM flex_sync_ingest_inbox;
+DROP TABLE ingest_parent, ingest_serial, ingest_other.ingest_parent CASCADE;
+DROP SCHEMA ingest_other;
+DELETE FROM flex_sync_private.ingest_tables;
 -- Leave the database as it was for the next file.
 DROP TABLE IF EXISTS flex_crew_assignments, flex_crew_calls, job_assignments, profiles, jobs;
 DROP EXTENSION flex_sync;

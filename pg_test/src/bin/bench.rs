@@ -2,6 +2,7 @@
 //! flex_sync side by side with the Edge Function replica. Run by `pg_test/bench.sh`, which
 //! starts the server; writes Markdown to the file named by `FLEX_SYNC_BENCH_OUT`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -655,6 +656,119 @@ fn merge_at_scale(b: &mut Bench) {
     b.line("D; TRUNCATE takes every other owner's rows with it.");
 }
 
+/// The ingest at scale: 10 devices send 100,000 operations in batches of 500 at once (customers,
+/// their sales listed before them half the time, products two devices share by IMEI), then send
+/// every batch again, answered from the record.
+fn ingest_at_scale(b: &mut Bench) {
+    const DEVICES: usize = 10;
+    const BATCHES: usize = 20;
+    b.line("\n## 10. The idempotent ingest: 100,000 operations in batches of 500 from 10 devices\n");
+    let db = TestDb::empty("bench_ingest");
+    db.connect()
+        .batch_execute(
+            "CREATE EXTENSION flex_sync;
+             CREATE TABLE customers (id uuid PRIMARY KEY, name text NOT NULL);
+             CREATE TABLE products (id uuid PRIMARY KEY, imei text NOT NULL UNIQUE, model text);
+             CREATE TABLE sales (id uuid PRIMARY KEY, customer_id uuid REFERENCES customers, total numeric NOT NULL);
+             CREATE INDEX ON sales (customer_id);
+             SELECT flex_sync_ingest_register('customers');
+             SELECT flex_sync_ingest_register('products', ARRAY['imei']);
+             SELECT flex_sync_ingest_register('sales');",
+        )
+        .unwrap();
+    let batch = |device: usize, n: usize| -> String {
+        let mut ops = Vec::with_capacity(500);
+        let customer = |i: usize| format!("c{n}-{i}");
+        let sales: Vec<Value> = (0..300)
+            .map(|i| {
+                // A third name a customer of the previous batch, the rest one of this batch.
+                let parent = if n > 0 && i % 3 == 0 { format!("c{}-{}", n - 1, i % 100) } else { customer(i % 100) };
+                json!({"op_id": format!("s{n}-{i}"), "table": "sales", "local_id": format!("s{n}-{i}"), "action": "upsert",
+                       "data": {"customer_id": parent, "total": i}})
+            })
+            .collect();
+        let customers: Vec<Value> = (0..100)
+            .map(|i| json!({"op_id": format!("c{n}-{i}"), "table": "customers", "local_id": customer(i), "action": "upsert",
+                            "data": {"name": format!("customer {device} {n} {i}")}}))
+            .collect();
+        // Devices 2k and 2k+1 sell the same phones: they meet on one row per IMEI.
+        let products = (0..100).map(|i| {
+            json!({"op_id": format!("p{n}-{i}"), "table": "products", "local_id": format!("p{n}-{i}"), "action": "upsert",
+                   "data": {"imei": format!("IMEI-{}-{n}-{i}", device / 2), "model": "X"}})
+        });
+        if n % 2 == 0 {
+            ops.extend(sales);
+            ops.extend(customers);
+        } else {
+            ops.extend(customers);
+            ops.extend(sales);
+        }
+        ops.extend(products);
+        Value::Array(ops).to_string()
+    };
+    let batches: Vec<Vec<String>> = (0..DEVICES).map(|d| (0..BATCHES).map(|n| batch(d, n)).collect()).collect();
+    let send_all = |batches: &Vec<Vec<String>>| -> (Duration, BTreeMap<String, u64>) {
+        let start = Instant::now();
+        let handles: Vec<_> = batches
+            .iter()
+            .enumerate()
+            .map(|(device, list)| {
+                let (conninfo, list) = (db.conninfo.clone(), list.clone());
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(&conninfo, NoTls).unwrap();
+                    let mut statuses = BTreeMap::new();
+                    for batch in &list {
+                        let text: String = client
+                            .query_one("SELECT flex_sync_ingest($1, $2::text::jsonb)::text", &[&format!("device-{device}"), batch])
+                            .unwrap()
+                            .get(0);
+                        let result: Value = serde_json::from_str(&text).unwrap();
+                        for r in result["results"].as_array().unwrap() {
+                            *statuses.entry(r["status"].as_str().unwrap().to_string()).or_insert(0u64) += 1;
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let mut total = BTreeMap::new();
+        for h in handles {
+            for (k, v) in h.join().unwrap() {
+                *total.entry(k).or_insert(0) += v;
+            }
+        }
+        (start.elapsed(), total)
+    };
+    let mut client = db.connect();
+    let rows = |client: &mut Client| -> (i64, i64, i64) {
+        let r = client
+            .query_one("SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM sales), (SELECT count(*) FROM products)", &[])
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (first, first_statuses) = send_all(&batches);
+    let after_first = rows(&mut client);
+    assert_eq!(first_statuses.get("applied"), Some(&100_000), "{first_statuses:?}");
+    assert_eq!(after_first, (20_000, 60_000, 10_000), "one product row per IMEI two devices share");
+    let written_before: i64 = client.query_one("SELECT count(*) FROM flex_sync_private.ingest_operations", &[]).unwrap().get(0);
+    let (replay, replay_statuses) = send_all(&batches);
+    assert_eq!(replay_statuses.get("replayed"), Some(&100_000), "{replay_statuses:?}");
+    assert_eq!(rows(&mut client), after_first, "a replay writes no row");
+    let written_after: i64 = client.query_one("SELECT count(*) FROM flex_sync_private.ingest_operations", &[]).unwrap().get(0);
+    assert_eq!(written_before, written_after);
+    let per_second = |d: Duration| 100_000.0 / d.as_secs_f64();
+    b.line("| run | seconds | operations per second | results |");
+    b.line("|---|---|---|---|");
+    b.line(&format!("| first delivery | {:.1} | {:.0} | {first_statuses:?} |", first.as_secs_f64(), per_second(first)));
+    b.line(&format!("| the same batches again | {:.1} | {:.0} | {replay_statuses:?} |", replay.as_secs_f64(), per_second(replay)));
+    b.line(&format!(
+        "\nOne run, 10 connections at once (one per device, each sending its 20 batches in turn) on the bench server.\n\
+         After the first delivery: {} customers, {} sales, {} products (pairs of devices share every IMEI);\n\
+         the replay wrote no row and no record.",
+        after_first.0, after_first.1, after_first.2
+    ));
+}
+
 /// A named part of the benchmarks, run alone with `bench.sh <name>`.
 type Section = fn(&mut Bench);
 
@@ -680,7 +794,7 @@ fn main() {
     );
     b.line(&header);
     let only = std::env::args().nth(1);
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("calls", flex_calls),
         ("wall", wall_time),
         ("cost", database_cost),
@@ -690,6 +804,7 @@ fn main() {
         ("storm", storm_comparison),
         ("naive", naive_comparison),
         ("merge", merge_at_scale),
+        ("ingest", ingest_at_scale),
     ];
     for (name, section) in sections {
         if only.as_deref().is_none_or(|o| o == name) {
