@@ -21,9 +21,9 @@ pub enum BatchError {
     NotAnArray(&'static str),
     #[error("the batch has {0} operations; at most {MAX_BATCH_OPERATIONS} are taken at once")]
     TooLarge(usize),
-    #[error("operation {position} of the batch is not a JSON object")]
+    #[error("the operation at index {position} of the batch is not a JSON object")]
     NotAnObject { position: usize },
-    #[error("operation {position} of the batch has no op_id (a non-empty string)")]
+    #[error("the operation at index {position} of the batch has no op_id (a non-empty string)")]
     NoOpId { position: usize },
     #[error("op_id {0:?} appears more than once in the batch")]
     RepeatedOpId(String),
