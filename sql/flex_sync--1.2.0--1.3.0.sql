@@ -488,6 +488,16 @@ CREATE TABLE flex_sync_private.ingest_id_map (
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_id_map', '');
 
+-- Which caller each device id belongs to: the first that used it (its JWT subject through
+-- Supabase, its role otherwise). Another caller is refused the device; the extension's owner
+-- and its members (the DBA, the inbox's worker) may act for any device.
+CREATE TABLE flex_sync_private.ingest_devices (
+    device_id  text PRIMARY KEY,
+    caller     text NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_devices', '');
+
 -- Every operation taken, with the result its device was given. `result` is NULL only inside the
 -- transaction that is applying it; an operation that failed in a way a retry can help is not
 -- kept, so the retry applies it.
@@ -503,10 +513,14 @@ SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_operations'
 -- Batches waiting for a worker. `due_at`: when a queued batch may be taken, or when a leased
 -- one's lease runs out. `fence` grows with every lease: a worker settles a batch only while the
 -- fence is the one it leased, so a worker whose lease was taken over cannot finish.
+-- `submitted_by` and `submitted_claims`: the role and JWT claims of the submitter, which the
+-- worker takes on to apply the batch with the submitter's rights.
 CREATE TABLE flex_sync_private.ingest_inbox (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    device_id    text NOT NULL,
-    batch        jsonb NOT NULL,
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id        text NOT NULL,
+    batch            jsonb NOT NULL,
+    submitted_by     name NOT NULL,
+    submitted_claims text,
     state        text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'leased', 'done', 'dead')),
     attempts     integer NOT NULL DEFAULT 0,
     fence        bigint NOT NULL DEFAULT 0,
@@ -518,11 +532,12 @@ CREATE TABLE flex_sync_private.ingest_inbox (
     last_error   text
 );
 CREATE INDEX ingest_inbox_due ON flex_sync_private.ingest_inbox (due_at, id) WHERE state IN ('queued', 'leased');
+CREATE INDEX ingest_inbox_device ON flex_sync_private.ingest_inbox (device_id, id) WHERE state IN ('queued', 'leased');
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_inbox_id_seq', '');
 
 CREATE VIEW flex_sync_ingest_inbox AS
-    SELECT id, device_id, state, attempts, fence, leased_by, due_at, submitted_at, finished_at,
+    SELECT id, device_id, submitted_by, state, attempts, fence, leased_by, due_at, submitted_at, finished_at,
            jsonb_array_length(batch) AS operations, last_error, result
     FROM flex_sync_private.ingest_inbox;
 
@@ -540,6 +555,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_kind "char";
+    v_partition boolean;
     v_name name;
     v_id_column name;
     v_missing text;
@@ -548,10 +564,16 @@ BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'flex_sync: target must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT c.relkind, c.relname INTO v_kind, v_name FROM pg_class c WHERE c.oid = target;
+    -- Tables dropped since they were registered leave their names free.
+    DELETE FROM flex_sync_private.ingest_tables t WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.target);
+    SELECT c.relkind, c.relispartition, c.relname INTO v_kind, v_partition, v_name FROM pg_class c WHERE c.oid = target;
     IF v_kind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'flex_sync: % is not a table', target
             USING ERRCODE = 'wrong_object_type', HINT = 'devices write tables: register the table a view or foreign table reads';
+    END IF;
+    IF v_partition THEN
+        RAISE EXCEPTION 'flex_sync: % is a partition', target
+            USING ERRCODE = 'wrong_object_type', HINT = 'register the partitioned table: its rows are reachable under one name';
     END IF;
     SELECT a.attname INTO v_id_column
     FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
@@ -577,18 +599,22 @@ BEGIN
             RAISE EXCEPTION 'flex_sync: the natural key of % cannot contain its server id %', target, quote_ident(v_id_column)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        -- ON CONFLICT needs a plain unique index on exactly these columns to find the one row.
+        -- ON CONFLICT needs a valid, plain unique index whose key is exactly these columns to find
+        -- the one row. With NULLS NOT DISTINCT a key with a NULL would be a unique violation
+        -- instead of a row to meet.
         IF NOT EXISTS (
             SELECT 1 FROM pg_index i
-            WHERE i.indrelid = target AND i.indisunique AND i.indimmediate AND i.indpred IS NULL
-              AND i.indexprs IS NULL AND i.indnkeyatts = cardinality(natural_key)
+            WHERE i.indrelid = target AND i.indisunique AND i.indisvalid AND i.indimmediate AND i.indpred IS NULL
+              AND i.indexprs IS NULL AND NOT i.indnullsnotdistinct AND i.indnkeyatts = cardinality(natural_key)
               AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                   FROM pg_attribute a WHERE a.attrelid = target AND a.attnum = ANY (i.indkey::int2[]))
+                   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+                   JOIN pg_attribute a ON a.attrelid = target AND a.attnum = k.attnum
+                   WHERE k.n <= i.indnkeyatts)
                   = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k)
         ) THEN
             RAISE EXCEPTION 'flex_sync: % has no unique index on exactly (%)', target, array_to_string(natural_key, ', ')
                 USING ERRCODE = 'invalid_column_reference',
-                      HINT = 'two devices creating one natural key must meet one row: create a unique constraint on these columns (not partial, not deferrable)';
+                      HINT = 'two devices creating one natural key must meet one row: create a unique constraint on these columns (valid, not partial, not deferrable, not NULLS NOT DISTINCT)';
         END IF;
     END IF;
     SELECT t.target INTO v_other FROM flex_sync_private.ingest_tables t
@@ -600,6 +626,51 @@ BEGIN
     INSERT INTO flex_sync_private.ingest_tables AS t (name, target, natural_key)
     VALUES (v_name, target, natural_key)
     ON CONFLICT ON CONSTRAINT ingest_tables_target_key DO UPDATE SET natural_key = excluded.natural_key, name = excluded.name;
+END
+$$;
+
+-- Devices may no longer write the table; its mappings stay (registering it again uses them).
+-- Returns whether it was registered.
+CREATE FUNCTION flex_sync_ingest_unregister(target regclass)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (DELETE FROM flex_sync_private.ingest_tables t WHERE t.target = flex_sync_ingest_unregister.target RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone);
+$$;
+
+-- Lets the caller act for the device, binding the device to it on first use (42501 when it
+-- belongs to another caller). Every helper that reads or writes a device's records calls it
+-- first. `role` is the role the caller switched to (PostgREST's SET LOCAL ROLE) whatever
+-- SECURITY DEFINER does to current_user.
+CREATE FUNCTION flex_sync_private.ingest_admit(p_device_id text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+    v_subject text := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
+    v_caller text := coalesce('sub:' || v_subject, 'role:' || v_role);
+    v_owner text;
+BEGIN
+    IF pg_has_role(v_role, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'flex_sync'), 'MEMBER') THEN
+        RETURN;
+    END IF;
+    SELECT d.caller INTO v_owner FROM flex_sync_private.ingest_devices d WHERE d.device_id = p_device_id;
+    IF v_owner IS NULL THEN
+        INSERT INTO flex_sync_private.ingest_devices (device_id, caller) VALUES (p_device_id, v_caller)
+        ON CONFLICT DO NOTHING;
+        SELECT d.caller INTO v_owner FROM flex_sync_private.ingest_devices d WHERE d.device_id = p_device_id;
+    END IF;
+    IF v_owner <> v_caller THEN
+        RAISE EXCEPTION 'flex_sync: device % belongs to another caller', p_device_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'a device id is bound to the user that first sent it; the owner can move it by deleting its row in flex_sync_private.ingest_devices';
+    END IF;
 END
 $$;
 
@@ -644,33 +715,34 @@ AS $$
     SELECT coalesce(jsonb_object_agg(key, value -> 'parents'), '{}') FROM jsonb_each(p_catalog);
 $$;
 
--- Takes the operation for this call: NULL when it was not taken before; otherwise the result its
--- device was given then. An operation another transaction is applying is waited for.
-CREATE FUNCTION flex_sync_private.ingest_claim(p_device_id text, p_op_id text)
+-- Takes the operation for this call. Taken before: {"stored": the result its device was given
+-- then}. Not: {"stored": null, "server_id": the row its local id maps to, "parents": {column:
+-- the server id of the parent named, or null}} for `p_parents` {column: [table, local id]}. An
+-- operation another transaction is applying is waited for.
+CREATE FUNCTION flex_sync_private.ingest_claim(p_device_id text, p_op_id text, p_table text, p_local_id text,
+                                               p_parents jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM flex_sync_private.ingest_admit(p_device_id);
     INSERT INTO flex_sync_private.ingest_operations (device_id, op_id) VALUES (p_device_id, p_op_id)
     ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        RETURN NULL;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('stored', (SELECT o.result FROM flex_sync_private.ingest_operations o
+                                             WHERE o.device_id = p_device_id AND o.op_id = p_op_id));
     END IF;
-    RETURN (SELECT o.result FROM flex_sync_private.ingest_operations o WHERE o.device_id = p_device_id AND o.op_id = p_op_id);
+    RETURN jsonb_build_object(
+        'stored', NULL,
+        'server_id', (SELECT m.server_id FROM flex_sync_private.ingest_id_map m
+                      WHERE m.device_id = p_device_id AND m.table_name = p_table AND m.local_id = p_local_id),
+        'parents', (SELECT coalesce(jsonb_object_agg(p.key, m.server_id), '{}')
+                    FROM jsonb_each(p_parents) p
+                    LEFT JOIN flex_sync_private.ingest_id_map m
+                      ON m.device_id = p_device_id AND m.table_name = p.value ->> 0 AND m.local_id = p.value ->> 1));
 END
-$$;
-
-CREATE FUNCTION flex_sync_private.ingest_mapped(p_device_id text, p_table text, p_local_id text)
-RETURNS uuid
-LANGUAGE sql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT m.server_id FROM flex_sync_private.ingest_id_map m
-    WHERE m.device_id = p_device_id AND m.table_name = p_table AND m.local_id = p_local_id;
 $$;
 
 -- Keeps what an applied operation did: its mapping (made once; a local id another operation of
@@ -686,11 +758,13 @@ AS $$
 DECLARE
     v_mapped uuid;
 BEGIN
+    PERFORM flex_sync_private.ingest_admit(p_device_id);
     IF p_server_id IS NOT NULL THEN
         INSERT INTO flex_sync_private.ingest_id_map (device_id, table_name, local_id, server_id)
         VALUES (p_device_id, p_table, p_local_id, p_server_id)
         ON CONFLICT DO NOTHING;
-        v_mapped := flex_sync_private.ingest_mapped(p_device_id, p_table, p_local_id);
+        SELECT m.server_id INTO v_mapped FROM flex_sync_private.ingest_id_map m
+        WHERE m.device_id = p_device_id AND m.table_name = p_table AND m.local_id = p_local_id;
         IF v_mapped <> p_server_id THEN
             RAISE EXCEPTION 'flex_sync: %:% of device % was mapped to % by another operation meanwhile',
                             p_table, p_local_id, p_device_id, v_mapped
@@ -715,6 +789,7 @@ DECLARE
     v_result jsonb := jsonb_build_object('op_id', p_op ->> 'op_id', 'status', 'failed', 'server_id', NULL,
                                          'error', p_sqlstate || ': ' || p_message, 'retryable', v_retryable);
 BEGIN
+    PERFORM flex_sync_private.ingest_admit(p_device_id);
     IF NOT v_retryable THEN
         -- Another transaction that took the operation after this one let it go keeps its result.
         INSERT INTO flex_sync_private.ingest_operations (device_id, op_id, result)
@@ -728,7 +803,9 @@ $$;
 -- Applies one operation in a savepoint and returns its result: the stored one for an operation
 -- taken before (status "replayed" if it was applied), else "applied" or "failed". `p_problem`:
 -- why the batch's order found it cannot be applied. Runs as the caller: the change is the
--- caller's, under its privileges and row level security.
+-- caller's, under its privileges and row level security. An upsert of a mapped local id is an
+-- UPDATE of the columns sent (an INSERT again, with the same server id, if the row is gone); of
+-- a new one an INSERT that meets the row of its natural key, if the table has one.
 CREATE FUNCTION flex_sync_private.ingest_apply(p_device_id text, p_op jsonb, p_table jsonb, p_problem text)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -738,75 +815,92 @@ DECLARE
     v_op_id text := p_op ->> 'op_id';
     v_name text := p_op ->> 'table';
     v_local_id text := p_op ->> 'local_id';
-    v_stored jsonb;
+    v_data jsonb := p_op -> 'data';
+    v_target regclass;
+    v_id_column text := p_table ->> 'id_column';
+    v_claim jsonb;
     v_server_id uuid;
-    v_data jsonb;
+    v_found uuid;
+    v_parents jsonb;
     v_column text;
-    v_parent text;
-    v_parent_id uuid;
     v_unknown text;
     v_columns text[];
-    v_conflict text[];
-    v_on_conflict text := '';
+    v_conflict text;
     v_result jsonb;
     v_sqlstate text;
     v_message text;
 BEGIN
-    v_stored := flex_sync_private.ingest_claim(p_device_id, v_op_id);
-    IF v_stored IS NOT NULL THEN
-        RETURN CASE WHEN v_stored ->> 'status' = 'applied' THEN v_stored || '{"status": "replayed"}' ELSE v_stored END;
+    -- The parents its data names by local id: {column: [table, local id]}.
+    SELECT coalesce(jsonb_object_agg(l.key, jsonb_build_array(l.value, v_data ->> l.key)), '{}') INTO v_parents
+    FROM jsonb_each_text(p_table -> 'parents') l
+    WHERE p_problem IS NULL AND p_op ->> 'action' = 'upsert' AND jsonb_typeof(v_data -> l.key) IN ('string', 'number');
+    v_claim := flex_sync_private.ingest_claim(p_device_id, v_op_id, v_name, v_local_id, v_parents);
+    IF v_claim ->> 'stored' IS NOT NULL THEN
+        RETURN CASE WHEN v_claim -> 'stored' ->> 'status' = 'applied' THEN v_claim -> 'stored' || '{"status": "replayed"}'
+                    ELSE v_claim -> 'stored' END;
     END IF;
     IF p_problem IS NOT NULL THEN
         RAISE EXCEPTION '%', p_problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_server_id := flex_sync_private.ingest_mapped(p_device_id, v_name, v_local_id);
+    v_target := (p_table ->> 'target')::regclass;
+    v_server_id := v_claim ->> 'server_id';
     IF p_op ->> 'action' = 'delete' THEN
         IF v_server_id IS NOT NULL THEN
-            EXECUTE format('DELETE FROM %s WHERE %I = $1', p_table ->> 'target', p_table ->> 'id_column') USING v_server_id;
+            EXECUTE format('DELETE FROM %s WHERE %I = $1', v_target, v_id_column) USING v_server_id;
         END IF;
     ELSE
-        v_data := p_op -> 'data';
         SELECT string_agg(quote_ident(k), ', ') INTO v_unknown
         FROM jsonb_object_keys(v_data) k WHERE NOT (p_table -> 'columns') ? k;
         IF v_unknown IS NOT NULL THEN
             RAISE EXCEPTION 'table % has no column % a device may write', v_name, v_unknown
                 USING ERRCODE = 'undefined_column',
                       HINT = format('a device sends columns of the table by name, all but the server id %I, which the server assigns',
-                                    p_table ->> 'id_column');
+                                    v_id_column);
         END IF;
-        FOR v_column, v_parent IN SELECT key, value FROM jsonb_each_text(p_table -> 'parents') LOOP
-            IF jsonb_typeof(v_data -> v_column) IN ('string', 'number') THEN
-                v_parent_id := flex_sync_private.ingest_mapped(p_device_id, v_parent, v_data ->> v_column);
-                IF v_parent_id IS NULL THEN
-                    RAISE EXCEPTION '%:% (its %) has not been synced by device % yet', v_parent, v_data ->> v_column, v_column, p_device_id
-                        USING ERRCODE = 'FS001';
-                END IF;
-                v_data := jsonb_set(v_data, ARRAY[v_column], to_jsonb(v_parent_id));
+        FOR v_column IN SELECT jsonb_object_keys(v_parents) LOOP
+            -- A local id is a string or an integer, as the batch's order reads it.
+            IF jsonb_typeof(v_data -> v_column) = 'number' AND (v_data -> v_column)::text !~ '^-?[0-9]+$' THEN
+                RAISE EXCEPTION 'the local id in % must be a string or an integer, not %', v_column, v_data -> v_column
+                    USING ERRCODE = 'invalid_parameter_value';
             END IF;
+            IF jsonb_typeof(v_claim -> 'parents' -> v_column) IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION '%:% (its %) has not been synced by device % yet',
+                                v_parents -> v_column ->> 0, v_parents -> v_column ->> 1, v_column, p_device_id
+                    USING ERRCODE = 'FS001';
+            END IF;
+            v_data := jsonb_set(v_data, ARRAY[v_column], v_claim -> 'parents' -> v_column);
         END LOOP;
         v_columns := ARRAY(SELECT jsonb_object_keys(v_data));
-        IF v_server_id IS NOT NULL THEN
-            v_conflict := ARRAY[p_table ->> 'id_column'];
-        ELSIF jsonb_typeof(p_table -> 'natural_key') = 'array' AND NOT EXISTS (
-                  SELECT 1 FROM jsonb_array_elements_text(p_table -> 'natural_key') k
-                  WHERE jsonb_typeof(v_data -> k) IS DISTINCT FROM 'string' AND jsonb_typeof(v_data -> k) IS DISTINCT FROM 'number'
-                    AND jsonb_typeof(v_data -> k) IS DISTINCT FROM 'boolean') THEN
-            v_conflict := ARRAY(SELECT jsonb_array_elements_text(p_table -> 'natural_key'));
+        IF v_server_id IS NOT NULL AND cardinality(v_columns) > 0 THEN
+            EXECUTE format('UPDATE %1$s AS t SET (%2$s) = (SELECT %3$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r)
+                            WHERE t.%4$I = $1 RETURNING t.%4$I',
+                           v_target, (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_columns) c),
+                           (SELECT string_agg('r.' || quote_ident(c), ', ') FROM unnest(v_columns) c), v_id_column)
+                USING v_server_id, v_data
+                INTO v_found;
+        ELSIF v_server_id IS NOT NULL THEN
+            EXECUTE format('SELECT t.%2$I FROM %1$s AS t WHERE t.%2$I = $1', v_target, v_id_column)
+                USING v_server_id
+                INTO v_found;
         END IF;
-        IF v_conflict IS NOT NULL THEN
-            v_on_conflict := format(' ON CONFLICT (%s) DO UPDATE SET %s',
-                (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_conflict) c),
-                CASE WHEN cardinality(v_columns) = 0 THEN format('%1$I = t.%1$I', p_table ->> 'id_column')
-                     ELSE format('(%s) = ROW(%s)', (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_columns) c),
-                                 (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(v_columns) c)) END);
+        IF v_found IS NULL THEN
+            -- A natural key all sent (not null) meets the row that has it.
+            IF v_server_id IS NULL AND jsonb_typeof(p_table -> 'natural_key') = 'array' AND NOT EXISTS (
+                   SELECT 1 FROM jsonb_array_elements_text(p_table -> 'natural_key') k
+                   WHERE coalesce(jsonb_typeof(v_data -> k), 'null') = 'null') THEN
+                v_conflict := format(' ON CONFLICT (%s) DO UPDATE SET %s',
+                    (SELECT string_agg(quote_ident(k), ', ') FROM jsonb_array_elements_text(p_table -> 'natural_key') k),
+                    format('(%s) = ROW(%s)', (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_columns) c),
+                           (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(v_columns) c)));
+            END IF;
+            EXECUTE format('INSERT INTO %1$s AS t (%2$I%3$s) SELECT $1%4$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r%5$s RETURNING t.%2$I',
+                           v_target, v_id_column,
+                           (SELECT string_agg(', ' || quote_ident(c), '') FROM unnest(v_columns) c),
+                           (SELECT string_agg(', r.' || quote_ident(c), '') FROM unnest(v_columns) c),
+                           coalesce(v_conflict, ''))
+                USING coalesce(v_server_id, gen_random_uuid()), v_data
+                INTO v_server_id;
         END IF;
-        EXECUTE format('INSERT INTO %1$s AS t (%2$I%3$s) SELECT $1%4$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r%5$s RETURNING t.%2$I',
-                       p_table ->> 'target', p_table ->> 'id_column',
-                       (SELECT string_agg(', ' || quote_ident(c), '') FROM unnest(v_columns) c),
-                       (SELECT string_agg(', r.' || quote_ident(c), '') FROM unnest(v_columns) c),
-                       v_on_conflict)
-            USING coalesce(v_server_id, gen_random_uuid()), v_data
-            INTO v_server_id;
     END IF;
     v_result := jsonb_build_object('op_id', v_op_id, 'status', 'applied', 'server_id', v_server_id, 'error', NULL, 'retryable', false);
     PERFORM flex_sync_private.ingest_record(p_device_id, v_op_id, v_name, v_local_id, v_server_id, v_result);
@@ -814,6 +908,23 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
     RETURN flex_sync_private.ingest_failure(p_device_id, p_op, v_sqlstate, v_message);
+END
+$$;
+
+-- The arguments of a call for a device: 22004 for a NULL, 22023 for an empty device id.
+CREATE FUNCTION flex_sync_private.ingest_check_arguments(p_device_id text, p_batch jsonb)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_device_id IS NULL OR p_batch IS NULL THEN
+        RAISE EXCEPTION 'flex_sync: device_id and batch must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(p_device_id) = '' THEN
+        RAISE EXCEPTION 'flex_sync: device_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 END
 $$;
 
@@ -831,12 +942,8 @@ DECLARE
     v_result jsonb;
     v_id_map jsonb := '{}';
 BEGIN
-    IF device_id IS NULL OR batch IS NULL THEN
-        RAISE EXCEPTION 'flex_sync: device_id and batch must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF btrim(device_id) = '' THEN
-        RAISE EXCEPTION 'flex_sync: device_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM flex_sync_private.ingest_check_arguments(device_id, batch);
+    PERFORM flex_sync_private.ingest_admit(device_id);
     v_catalog := flex_sync_private.ingest_catalog();
     SELECT coalesce(array_agg(o.position ORDER BY o.step), '{}'), coalesce(array_agg(o.problem ORDER BY o.step), '{}')
     INTO v_positions, v_problems
@@ -875,15 +982,14 @@ AS $$
 DECLARE
     v_id bigint;
 BEGIN
-    IF device_id IS NULL OR batch IS NULL THEN
-        RAISE EXCEPTION 'flex_sync: device_id and batch must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF btrim(device_id) = '' THEN
-        RAISE EXCEPTION 'flex_sync: device_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM flex_sync_private.ingest_check_arguments(device_id, batch);
+    PERFORM flex_sync_private.ingest_admit(device_id);
     -- A batch that could never be applied is refused now, not left for a worker to find dead.
     PERFORM count(*) FROM flex_sync_private.ingest_order(batch, flex_sync_private.ingest_links(flex_sync_private.ingest_catalog()));
-    INSERT INTO flex_sync_private.ingest_inbox (device_id, batch) VALUES (device_id, batch) RETURNING id INTO v_id;
+    INSERT INTO flex_sync_private.ingest_inbox (device_id, batch, submitted_by, submitted_claims)
+    VALUES (device_id, batch, coalesce(nullif(current_setting('role'), 'none'), session_user),
+            nullif(current_setting('request.jwt.claims', true), ''))
+    RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
@@ -892,21 +998,24 @@ $$;
 -- the result flex_sync_ingest() gave.
 CREATE FUNCTION flex_sync_ingest_result(device_id text, inbox_id bigint)
 RETURNS jsonb
-LANGUAGE sql
-STABLE
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object('state', i.state, 'attempts', i.attempts, 'result', i.result, 'error', i.last_error)
-    FROM flex_sync_private.ingest_inbox i
-    WHERE i.id = inbox_id AND i.device_id = flex_sync_ingest_result.device_id;
+BEGIN
+    PERFORM flex_sync_private.ingest_admit(device_id);
+    RETURN (SELECT jsonb_build_object('state', i.state, 'attempts', i.attempts, 'result', i.result, 'error', i.last_error)
+            FROM flex_sync_private.ingest_inbox i
+            WHERE i.id = inbox_id AND i.device_id = flex_sync_ingest_result.device_id);
+END
 $$;
 
 -- Leases the batch due first for p_lease_seconds: a queued one, or one whose worker's lease ran
--- out (its worker died or is too slow), which then counts as a failed attempt. A batch that lost
--- p_max_attempts leases is dead instead.
+-- out (its worker died or is too slow), which then counts as a failed attempt. Only a device's
+-- oldest unfinished batch is taken, so a device's batches apply in the order it sent them. A
+-- batch that lost p_max_attempts leases is dead instead.
 CREATE FUNCTION flex_sync_private.ingest_lease(p_lease_seconds integer, p_max_attempts integer)
-RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb)
+RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb, submitted_by name, submitted_claims text)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -922,10 +1031,12 @@ BEGIN
         due_at = clock_timestamp() + make_interval(secs => p_lease_seconds)
     WHERE i.id = (SELECT c.id FROM flex_sync_private.ingest_inbox c
                   WHERE c.state IN ('queued', 'leased') AND c.due_at <= clock_timestamp()
+                    AND NOT EXISTS (SELECT 1 FROM flex_sync_private.ingest_inbox e
+                                    WHERE e.device_id = c.device_id AND e.id < c.id AND e.state IN ('queued', 'leased'))
                   ORDER BY c.due_at, c.id
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED)
-    RETURNING i.id, i.fence, i.device_id, i.batch;
+    RETURNING i.id, i.fence, i.device_id, i.batch, i.submitted_by, i.submitted_claims;
 END
 $$;
 
@@ -972,18 +1083,22 @@ $$;
 
 -- Applies up to max_batches due batches of the inbox, each in its own transaction: the lease is
 -- committed first (so another worker skips the batch, and takes it over if this one dies), then
--- the batch is applied and settled together. Schedule it with pg_cron from several workers if
--- need be; it cannot run inside a transaction block. `report` counts the batches by the state
--- they were left in ("lost": another worker took one over).
+-- the batch is applied, as the role and with the JWT claims that submitted it, and settled
+-- together. No lock is waited for longer than the lease. Schedule it with pg_cron from several
+-- workers if need be; it cannot run inside a transaction block. `report` counts the batches by
+-- the state they were left in ("lost": another worker took one over).
 CREATE PROCEDURE flex_sync_ingest_work(max_batches integer DEFAULT 100, lease_seconds integer DEFAULT 60,
                                        max_attempts integer DEFAULT 8, INOUT report jsonb DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_lease record;
+    v_result jsonb;
     v_state text;
     v_sqlstate text;
     v_message text;
+    v_role text := pg_catalog.current_setting('role');
+    v_claims text := pg_catalog.current_setting('request.jwt.claims', true);
 BEGIN
     IF max_batches IS NULL OR max_batches NOT BETWEEN 1 AND 100000
        OR lease_seconds IS NULL OR lease_seconds NOT BETWEEN 1 AND 86400
@@ -999,9 +1114,14 @@ BEGIN
         EXIT WHEN v_lease.id IS NULL;
         COMMIT;
         BEGIN
-            v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence,
-                                                       @extschema@.flex_sync_ingest(v_lease.device_id, v_lease.batch),
-                                                       NULL, NULL, max_attempts);
+            -- Ended with the block: its abort, or the COMMIT after it, puts the worker's back.
+            PERFORM pg_catalog.set_config('lock_timeout', (lease_seconds * 1000)::text, true);
+            PERFORM pg_catalog.set_config('request.jwt.claims', coalesce(v_lease.submitted_claims, ''), true);
+            PERFORM pg_catalog.set_config('role', v_lease.submitted_by, true);
+            v_result := @extschema@.flex_sync_ingest(v_lease.device_id, v_lease.batch);
+            PERFORM pg_catalog.set_config('role', v_role, true);
+            PERFORM pg_catalog.set_config('request.jwt.claims', coalesce(v_claims, ''), true);
+            v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence, v_result, NULL, NULL, max_attempts);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             v_state := 'lost';
@@ -1019,7 +1139,8 @@ BEGIN
 END
 $$;
 
--- Dead batches back in the inbox with their attempts cleared: one batch, or all with NULL.
+-- Dead batches back in the inbox with their attempts, result and error cleared: one batch, or
+-- all with NULL.
 -- Returns how many.
 CREATE FUNCTION flex_sync_ingest_requeue(inbox_id bigint DEFAULT NULL)
 RETURNS integer
@@ -1029,11 +1150,33 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     WITH revived AS (
         UPDATE flex_sync_private.ingest_inbox i
-        SET state = 'queued', attempts = 0, due_at = now(), finished_at = NULL
+        SET state = 'queued', attempts = 0, due_at = now(), finished_at = NULL, result = NULL, last_error = NULL
         WHERE i.state = 'dead' AND (inbox_id IS NULL OR i.id = inbox_id)
         RETURNING 1
     )
     SELECT count(*)::integer FROM revived;
+$$;
+
+-- Lets `grantee` (for example authenticated) send batches: flex_sync_ingest and the helpers it
+-- calls as its caller, flex_sync_ingest_submit and flex_sync_ingest_result. An update resets
+-- the ACLs to the README's list: call it again after ALTER EXTENSION flex_sync UPDATE.
+CREATE FUNCTION flex_sync_ingest_grant(grantee name)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA flex_sync_private TO %I', grantee);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.flex_sync_ingest(text, jsonb), @extschema@.flex_sync_ingest_submit(text, jsonb),
+                        @extschema@.flex_sync_ingest_result(text, bigint), flex_sync_private.ingest_check_arguments(text, jsonb),
+                        flex_sync_private.ingest_admit(text), flex_sync_private.ingest_catalog(), flex_sync_private.ingest_links(jsonb),
+                        flex_sync_private.ingest_order(jsonb, jsonb), flex_sync_private.ingest_apply(text, jsonb, jsonb, text),
+                        flex_sync_private.ingest_claim(text, text, text, text, jsonb),
+                        flex_sync_private.ingest_record(text, text, text, text, uuid, jsonb),
+                        flex_sync_private.ingest_failure(text, jsonb, text, text), flex_sync_private.ingest_retryable(text)
+                    TO %I', grantee);
+END
 $$;
 
 CREATE  FUNCTION flex_sync_private."guard_hold_reason"(

@@ -6,9 +6,9 @@
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
-/// More operations than this in one batch are refused: the batch is one transaction, and a
-/// device with more to send splits it.
-pub const MAX_BATCH_OPERATIONS: usize = 10_000;
+/// More operations than this in one batch are refused: the batch is one transaction with a
+/// subtransaction per operation, and a device with more to send splits it.
+pub const MAX_BATCH_OPERATIONS: usize = 1_000;
 
 /// For each registered table (by the name devices use), its foreign-key columns and the
 /// registered table each one references.
@@ -41,7 +41,7 @@ pub enum OperationProblem {
     NoLocalId,
     #[error("data must be a JSON object")]
     DataNotAnObject,
-    #[error("its parents in this batch depend on it in a cycle")]
+    #[error("it, or a parent it needs from this batch, is on a cycle of parents in this batch")]
     Cycle,
 }
 
@@ -185,57 +185,81 @@ fn in_batch_parents(parsed: &[Result<Operation, OperationProblem>], links: &Tabl
         .collect()
 }
 
-/// How many in-batch parents each upsert waits for on its longest chain; upserts on a cycle get
-/// the problem `Cycle` (depth 0: they fail where they stand).
+/// How many in-batch parents each upsert waits for on its longest chain. Upserts on a cycle of
+/// parents (a strongly connected group), and those that need one of them, get the problem
+/// `Cycle` (depth 0: they fail where they stand).
 fn upsert_depths(parents: &[Vec<usize>], problems: &mut [Option<OperationProblem>]) -> Vec<usize> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Open,
-        Done,
-    }
-    let mut mark = vec![Mark::New; parents.len()];
+    let order = finish_order(parents);
+    let on_cycle = on_cycles(parents, &order);
     let mut depth = vec![0usize; parents.len()];
-    for start in 0..parents.len() {
-        if mark[start] != Mark::New {
+    // In finish order every parent off a cycle comes before the operations that need it.
+    for &node in &order {
+        if on_cycle[node] || parents[node].iter().any(|&p| on_cycle[p] || problems[p].is_some()) {
+            problems[node] = Some(OperationProblem::Cycle);
             continue;
         }
-        // Depth-first without recursion: a device's chain of parents may be long.
+        depth[node] = parents[node].iter().map(|&p| depth[p] + 1).max().unwrap_or(0);
+    }
+    depth
+}
+
+/// Every node, each after all it reaches (a depth-first post-order over the parent edges),
+/// without recursion: a device's chain of parents may be long.
+fn finish_order(parents: &[Vec<usize>]) -> Vec<usize> {
+    let mut seen = vec![false; parents.len()];
+    let mut order = Vec::with_capacity(parents.len());
+    for start in 0..parents.len() {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
         let mut stack = vec![(start, 0usize)];
-        mark[start] = Mark::Open;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
             if let Some(&parent) = parents[node].get(*next) {
                 *next += 1;
-                match mark[parent] {
-                    Mark::New => {
-                        mark[parent] = Mark::Open;
-                        stack.push((parent, 0));
-                    }
-                    Mark::Open => {
-                        for &(on_cycle, _) in stack.iter().skip_while(|(n, _)| *n != parent) {
-                            problems[on_cycle] = Some(OperationProblem::Cycle);
-                        }
-                    }
-                    Mark::Done => {}
+                if !seen[parent] {
+                    seen[parent] = true;
+                    stack.push((parent, 0));
                 }
             } else {
+                order.push(node);
                 stack.pop();
-                mark[node] = Mark::Done;
-                depth[node] = parents[node]
-                    .iter()
-                    .filter(|&&p| problems[p].is_none())
-                    .map(|&p| depth[p] + 1)
-                    .max()
-                    .unwrap_or(0);
             }
         }
     }
-    for (position, problem) in problems.iter().enumerate() {
-        if problem.is_some() {
-            depth[position] = 0;
+    order
+}
+
+/// Whether each node is on a cycle: in a strongly connected group of more than one (Kosaraju's
+/// second pass, over the child edges in reverse finish order).
+fn on_cycles(parents: &[Vec<usize>], order: &[usize]) -> Vec<bool> {
+    let mut children = vec![Vec::new(); parents.len()];
+    for (child, of) in parents.iter().enumerate() {
+        for &parent in of {
+            children[parent].push(child);
         }
     }
-    depth
+    let mut group = vec![usize::MAX; parents.len()];
+    let mut sizes = Vec::new();
+    for &root in order.iter().rev() {
+        if group[root] != usize::MAX {
+            continue;
+        }
+        let id = sizes.len();
+        sizes.push(0usize);
+        group[root] = id;
+        let mut stack = vec![root];
+        while let Some(node) = stack.pop() {
+            sizes[id] += 1;
+            for &child in &children[node] {
+                if group[child] == usize::MAX {
+                    group[child] = id;
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    group.iter().map(|&g| sizes[g] > 1).collect()
 }
 
 /// Each registered table's depth among the registered tables: 0 for one that references no
@@ -309,6 +333,10 @@ mod tests {
             BTreeMap::from([("sale_id".into(), "sales".into()), ("product_id".into(), "products".into())]),
         );
         links.insert("categories".into(), BTreeMap::from([("parent_id".into(), "categories".into())]));
+        links.insert(
+            "pairs".into(),
+            BTreeMap::from([("left_id".into(), "pairs".into()), ("right_id".into(), "pairs".into())]),
+        );
         links
     }
 
@@ -382,23 +410,50 @@ mod tests {
         assert_eq!(positions(&batch), vec![1, 2, 0]);
     }
 
+    fn failed_on_cycles(batch: &Value) -> Vec<usize> {
+        let mut failed: Vec<usize> = order(batch, &links())
+            .unwrap()
+            .iter()
+            .filter(|s| s.problem == Some(OperationProblem::Cycle))
+            .map(|s| s.position)
+            .collect();
+        failed.sort_unstable();
+        failed
+    }
+
     #[test]
-    fn a_cycle_fails_its_members_and_nothing_else() {
+    fn a_cycle_fails_its_members_and_what_needs_them_and_nothing_else() {
         let batch = json!([
             upsert("1", "categories", "a", json!({"parent_id": "b"})),
             upsert("2", "categories", "b", json!({"parent_id": "a"})),
             upsert("3", "categories", "c", json!({"parent_id": "a"})),
             upsert("4", "customers", "c1", json!({})),
+            upsert("5", "categories", "d", json!({"parent_id": "x"})),
         ]);
-        let steps = order(&batch, &links()).unwrap();
-        let failed: Vec<usize> = steps.iter().filter(|s| s.problem == Some(OperationProblem::Cycle)).map(|s| s.position).collect();
-        assert_eq!(failed, vec![0, 1]);
-        assert!(steps.iter().filter(|s| s.position >= 2).all(|s| s.problem.is_none()));
+        assert_eq!(failed_on_cycles(&batch), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn every_member_of_a_tangled_cycle_is_found() {
+        // A needs B, B needs C and D, C needs A, D needs C: one strongly connected group.
+        let batch = json!([
+            upsert("a", "pairs", "A", json!({"left_id": "B"})),
+            upsert("b", "pairs", "B", json!({"left_id": "C", "right_id": "D"})),
+            upsert("c", "pairs", "C", json!({"left_id": "A"})),
+            upsert("d", "pairs", "D", json!({"left_id": "C"})),
+            upsert("e", "pairs", "E", json!({"left_id": "F", "right_id": "G"})),
+            upsert("f", "pairs", "F", json!({"right_id": "G"})),
+            upsert("g", "pairs", "G", json!({})),
+        ]);
+        assert_eq!(failed_on_cycles(&batch), vec![0, 1, 2, 3]);
+        let order = positions(&batch);
+        let place = |p: usize| order.iter().position(|&x| x == p).unwrap();
+        assert!(place(6) < place(5) && place(5) < place(4), "G before F before E: {order:?}");
     }
 
     #[test]
     fn a_long_chain_is_ordered_without_recursion() {
-        let n = 5_000;
+        let n = MAX_BATCH_OPERATIONS;
         let batch: Vec<Value> = (0..n)
             .rev()
             .map(|i| {

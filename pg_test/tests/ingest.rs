@@ -107,6 +107,11 @@ fn children_listed_before_their_parents_and_children_of_earlier_batches_get_thei
     let second = ingest(&mut client, "dev1", &later);
     assert_eq!(statuses(&second), vec!["applied"], "{second}");
     assert_eq!(count(&mut client, "SELECT count(*) FROM sales WHERE customer_id = (SELECT id FROM customers)"), 2);
+    // An upsert of a mapped row sends only what changed: the rest of the row stays (the NOT NULL
+    // total is not sent again).
+    let changed = ingest(&mut client, "dev1", &json!([upsert("b-2", "swaps", "a-w", json!({"note": "cracked screen"}))]));
+    assert_eq!(changed["results"][0]["server_id"], first["results"][0]["server_id"], "{changed}");
+    assert_eq!(strings(&mut client, "SELECT note || ' ' || swap_number FROM swaps", &[]), vec!["cracked screen SW-a"]);
 
     // A parent the device has not sent yet: the child fails, a retry can help, and nothing of it
     // is kept, so the same operation applies once the parent has come.
@@ -174,12 +179,14 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
         upsert("4", "customers", "c2", json!({"name": "Bo", "id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"})),
         upsert("5", "sales", "s1", json!({"total": "lots"})),
         upsert("6", "customers", "c3", json!({"name": "Cy"})),
+        upsert("7", "sales", "s2", json!({"customer_id": 3.5, "total": 1})),
     ]);
     let result = ingest(&mut client, "dev1", &batch);
-    assert_eq!(statuses(&result), vec!["failed", "failed", "failed", "failed", "failed", "applied"], "{result}");
-    let codes: Vec<&str> = result["results"].as_array().unwrap()[..5].iter().map(|r| &r["error"].as_str().unwrap()[..5]).collect();
-    assert_eq!(codes, vec!["22023", "22023", "42703", "42703", "22P02"]);
-    assert!(result["results"].as_array().unwrap()[..5].iter().all(|r| r["retryable"] == false));
+    assert_eq!(statuses(&result), vec!["failed", "failed", "failed", "failed", "failed", "applied", "failed"], "{result}");
+    let failed: Vec<&Value> = result["results"].as_array().unwrap().iter().filter(|r| r["status"] == "failed").collect();
+    let codes: Vec<&str> = failed.iter().map(|r| &r["error"].as_str().unwrap()[..5]).collect();
+    assert_eq!(codes, vec!["22023", "22023", "42703", "42703", "22P02", "22023"]);
+    assert!(failed.iter().all(|r| r["retryable"] == false));
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
 
     // A batch that is not one is refused whole, and nothing is recorded.
@@ -194,7 +201,7 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     let null_device = client.query_one("SELECT flex_sync_ingest(NULL, '[]')", &[]).unwrap_err();
     assert_eq!(null_device.code().unwrap().code(), "22004");
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
-    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 6);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 7);
 }
 
 #[test]
@@ -291,18 +298,12 @@ fn a_backend_killed_in_the_middle_of_a_batch_leaves_nothing_and_the_replay_appli
 }
 
 #[test]
-fn the_callers_privileges_and_row_level_security_decide_what_a_device_may_change() {
+fn the_callers_privileges_and_row_level_security_decide_what_a_device_may_change_and_a_device_is_its_first_users() {
     let (db, mut client) = setup("ingest_rights");
     client
         .batch_execute(
             "DO $$ BEGIN CREATE ROLE ingest_device_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             GRANT USAGE ON SCHEMA flex_sync_private TO ingest_device_role;
-             GRANT EXECUTE ON FUNCTION flex_sync_ingest(text, jsonb), flex_sync_private.ingest_catalog(),
-                   flex_sync_private.ingest_links(jsonb), flex_sync_private.ingest_order(jsonb, jsonb),
-                   flex_sync_private.ingest_claim(text, text), flex_sync_private.ingest_mapped(text, text, text),
-                   flex_sync_private.ingest_record(text, text, text, text, uuid, jsonb),
-                   flex_sync_private.ingest_failure(text, jsonb, text, text), flex_sync_private.ingest_retryable(text),
-                   flex_sync_private.ingest_apply(text, jsonb, jsonb, text) TO ingest_device_role;
+             SELECT flex_sync_ingest_grant('ingest_device_role');
              GRANT SELECT, INSERT, UPDATE ON customers TO ingest_device_role;
              ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
              CREATE POLICY only_named ON customers TO ingest_device_role USING (true) WITH CHECK (name <> 'forbidden');",
@@ -331,6 +332,40 @@ fn the_callers_privileges_and_row_level_security_decide_what_a_device_may_change
         let error = device.batch_execute(sql).unwrap_err();
         assert_eq!(error.code().unwrap().code(), "42501", "{sql}");
     }
+    // A device id belongs to the first user that sent it: another signed-in user is refused it
+    // (and gets nothing of its record); the owner may act for any device.
+    let batch = json!([upsert("u1", "customers", "cu", json!({"name": "Una"}))]).to_string();
+    let call = format!("SELECT flex_sync_ingest('tablet-9', '{batch}')::text");
+    let first = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-a"}), None, &call);
+    assert!(first.unwrap().unwrap().contains("\"applied\""));
+    let thief = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-b"}), None, &call);
+    assert_eq!(thief, Err("42501".to_string()));
+    for helper in [
+        "SELECT flex_sync_private.ingest_claim('tablet-9', 'u2', 'customers', 'cu', '{}')::text",
+        "SELECT flex_sync_private.ingest_record('tablet-9', 'u1', 'customers', 'cu', gen_random_uuid(), '{}')::text",
+        "SELECT flex_sync_ingest_result('tablet-9', 1)::text",
+    ] {
+        let direct = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-b"}), None, helper);
+        assert_eq!(direct, Err("42501".to_string()), "{helper}");
+    }
+    let again = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-a"}), None, &call);
+    assert!(again.unwrap().unwrap().contains("\"replayed\""));
+    assert_eq!(statuses(&ingest(&mut client, "tablet-9", &serde_json::from_str(&batch).unwrap())), vec!["replayed"]);
+    // A batch left in the inbox is applied with its submitter's rights, not the worker's.
+    let submit_call = format!(
+        "SELECT flex_sync_ingest_submit('tablet-9', '{}')::text",
+        json!([upsert("u3", "products", "p9", json!({"imei": "9"})), upsert("u4", "customers", "cz", json!({"name": "Zoe"}))])
+    );
+    let inbox_id = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-a"}), None, &submit_call).unwrap().unwrap();
+    assert_eq!(work(&mut client, "")["done"], 1);
+    let applied = strings(
+        &mut client,
+        "SELECT r ->> 'status' || ' ' || coalesce(left(r ->> 'error', 5), '') FROM flex_sync_ingest_inbox,
+                jsonb_array_elements(result -> 'results') r WHERE id = $1::text::bigint",
+        &[&inbox_id],
+    );
+    assert_eq!(applied, vec!["failed 42501", "applied "]);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM products"), 0, "the worker's rights were not lent");
     // Without the grants the README lists, nothing: PUBLIC may not call it.
     client
         .batch_execute("DO $$ BEGIN CREATE ROLE ingest_stranger NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
@@ -374,19 +409,24 @@ fn inbox(client: &mut Client, id: i64) -> (String, i32, i64) {
 fn two_workers_on_one_inbox_each_apply_a_batch_once_and_pass_over_what_the_other_leased() {
     let (db, mut client) = setup("ingest_two_workers");
     let ids: Vec<i64> = (0..12).map(|i| submit(&mut client, &format!("dev{}", i % 3), &children_first(&format!("b{i}")))).collect();
-    // The first worker's first batch waits on a lock; the second drains everything else.
-    let holder = hold_lock(&db, "swaps");
+    // The first worker's first batch waits for a product row another transaction is inserting;
+    // meanwhile a second worker drains what it may.
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN; INSERT INTO products (id, imei) VALUES (gen_random_uuid(), 'IMEI-b0')").unwrap();
     let first = work_in_background(&db.conninfo, "max_batches => 1");
     wait_for("the first worker to wait inside its batch", Duration::from_secs(30), || {
         !waiting(&mut client, "%flex_sync_ingest_work%").is_empty()
     });
     let mut second_client = db.connect();
-    // The second worker's batches write swaps too: let them through once it has leased its own.
-    drop(holder);
     let second = work(&mut second_client, "");
-    let first = first.join().unwrap();
-    assert_eq!(first, json!({"done": 1, "queued": 0, "dead": 0, "lost": 0}));
-    assert_eq!(second["done"], 11, "{second}");
+    // dev0's later batches wait for its first: a device's batches apply in order.
+    assert_eq!(second, json!({"done": 8, "queued": 0, "dead": 0, "lost": 0}));
+    let waited = strings(&mut client, "SELECT i.id::text FROM flex_sync_ingest_inbox i WHERE state = 'queued' AND fence = 0 ORDER BY i.id", &[]);
+    let dev0_later: Vec<String> = ids.iter().skip(3).step_by(3).map(|id| id.to_string()).collect();
+    assert_eq!(waited, dev0_later);
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(first.join().unwrap(), json!({"done": 1, "queued": 0, "dead": 0, "lost": 0}));
+    assert_eq!(work(&mut second_client, "")["done"], 3);
     for &id in &ids {
         assert_eq!(inbox(&mut client, id), ("done".to_string(), 1, 1), "batch {id} was leased once");
     }
@@ -459,17 +499,21 @@ fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
         )
         .unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)), ("queued".into(), true, true));
-    // The parent comes; the child's pause has not run out, so only the parent is applied.
-    submit(&mut client, "dev1", &json!([upsert("2", "customers", "c1", json!({"name": "Ann"}))]));
-    assert_eq!(work(&mut client, "")["done"], 1);
-    assert_eq!(inbox(&mut client, child).0, "queued");
-    client.batch_execute("UPDATE flex_sync_private.ingest_inbox SET due_at = now() WHERE state = 'queued'").unwrap();
-    assert_eq!(work(&mut client, "")["done"], 1);
+    // The device's next batch waits behind it, even once due: its batches apply in order.
+    let next = submit(&mut client, "dev1", &json!([upsert("2", "customers", "c2", json!({"name": "Bo"}))]));
+    assert_eq!(work(&mut client, "")["done"], 0);
+    assert_eq!(inbox(&mut client, next), ("queued".to_string(), 0, 0));
+    // The parent comes another way (the device sent it directly); once the pause is over (the
+    // clock moved on), the child applies, then the batch behind it.
+    ingest(&mut client, "dev1", &json!([upsert("3", "customers", "c1", json!({"name": "Ann"}))]));
+    client.batch_execute(&format!("UPDATE flex_sync_private.ingest_inbox SET due_at = now() WHERE id = {child}")).unwrap();
+    assert_eq!(work(&mut client, "")["done"], 2);
     assert_eq!(inbox(&mut client, child), ("done".to_string(), 2, 2));
+    assert_eq!(inbox(&mut client, next), ("done".to_string(), 1, 1));
     assert_eq!(count(&mut client, "SELECT count(*) FROM sales WHERE customer_id IS NOT NULL"), 1);
 
     // One that never gets its parent dies after max_attempts, visible, and can be sent again.
-    let doomed = submit(&mut client, "dev1", &json!([upsert("3", "sales", "s2", json!({"customer_id": "c-never", "total": 3}))]));
+    let doomed = submit(&mut client, "dev1", &json!([upsert("4", "sales", "s2", json!({"customer_id": "c-never", "total": 3}))]));
     assert_eq!(work(&mut client, "max_attempts => 1")["dead"], 1);
     let dead = strings(&mut client, "SELECT id || ' ' || left(last_error, 5) FROM flex_sync_ingest_dead", &[]);
     assert_eq!(dead, vec![format!("{doomed} FS001")]);

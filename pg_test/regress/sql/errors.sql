@@ -97,6 +97,21 @@ SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY[]::text[])$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['id'])$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
+CREATE UNIQUE INDEX ingest_parent_code ON ingest_parent (code) NULLS NOT DISTINCT;
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
+DROP INDEX ingest_parent_code;
+CREATE UNIQUE INDEX ingest_parent_code ON ingest_parent (code) INCLUDE (id);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
+CREATE TABLE ingest_split (id uuid PRIMARY KEY) PARTITION BY HASH (id);
+CREATE TABLE ingest_split_0 PARTITION OF ingest_split FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_split_0')$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_split')$$);
+-- A dropped table's name is free again; unregistering says whether it was registered.
+DROP TABLE ingest_split;
+CREATE TABLE ingest_split (id uuid PRIMARY KEY);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_split')$$);
+SELECT flex_sync_ingest_unregister('ingest_split') AS was_registered, flex_sync_ingest_unregister('ingest_split') AS again;
+SELECT name, natural_key FROM flex_sync_private.ingest_tables ORDER BY name;
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_other.ingest_parent')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest(NULL, '[]')$$);
@@ -106,14 +121,14 @@ SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[1]')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[{"table": "ingest_parent"}]')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', '[{"op_id": "1", "table": "ingest_parent", "local_id": "a", "action": "upsert", "data": {}},
                                                         {"op_id": "1", "table": "ingest_parent", "local_id": "b", "action": "upsert", "data": {}}]')$$);
-SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', (SELECT jsonb_agg(jsonb_build_object('op_id', i::text)) FROM generate_series(1, 10001) i))$$);
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', (SELECT jsonb_agg(jsonb_build_object('op_id', i::text)) FROM generate_series(1, 1001) i))$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_submit('d', '[{"op_id": ""}]')$$);
 SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(max_batches => 0)$$);
 SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(lease_seconds => NULL)$$);
 SELECT count(*) AS ingested_rows FROM ingest_parent;
 SELECT count(*) AS recorded_operations FROM flex_sync_private.ingest_operations;
 SELECT count(*) AS inbox_batches FROM flex_sync_ingest_inbox;
-DROP TABLE ingest_parent, ingest_serial, ingest_other.ingest_parent CASCADE;
+DROP TABLE ingest_parent, ingest_serial, ingest_split, ingest_other.ingest_parent CASCADE;
 DROP SCHEMA ingest_other;
 DELETE FROM flex_sync_private.ingest_tables;
 -- Leave the database as it was for the next file.
