@@ -564,8 +564,13 @@ BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'flex_sync: target must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    -- Tables dropped since they were registered leave their names free.
-    DELETE FROM flex_sync_private.ingest_tables t WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.target);
+    -- Tables dropped since they were registered leave their names free, and their mappings go:
+    -- they name rows that are gone.
+    WITH dropped AS (
+        DELETE FROM flex_sync_private.ingest_tables t WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.target)
+        RETURNING t.name
+    )
+    DELETE FROM flex_sync_private.ingest_id_map m WHERE m.table_name IN (SELECT d.name FROM dropped d);
     SELECT c.relkind, c.relispartition, c.relname INTO v_kind, v_partition, v_name FROM pg_class c WHERE c.oid = target;
     IF v_kind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'flex_sync: % is not a table', target
@@ -641,12 +646,15 @@ AS $$
     SELECT EXISTS (SELECT 1 FROM gone);
 $$;
 
--- Lets the caller act for the device, binding the device to it on first use (42501 when it
--- belongs to another caller). Every helper that reads or writes a device's records calls it
--- first. `role` is the role the caller switched to (PostgREST's SET LOCAL ROLE) whatever
--- SECURITY DEFINER does to current_user.
-CREATE FUNCTION flex_sync_private.ingest_admit(p_device_id text)
-RETURNS void
+-- Lets the caller act for the device: true when the device is the caller's, binding it to the
+-- caller on first use if `p_bind` (false, without binding it, when it belongs to no one yet);
+-- 42501 when it belongs to another caller. The caller is the role it acts as (PostgREST's SET
+-- LOCAL ROLE; SECURITY DEFINER does not change the setting) with the JWT subject, if any: a
+-- subject is trusted for the role it came with, as PostgREST sets both. Every helper that reads
+-- or writes a device's records calls it first; the extension's owner and its members may act for
+-- any device.
+CREATE FUNCTION flex_sync_private.ingest_admit(p_device_id text, p_bind boolean DEFAULT true)
+RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -654,13 +662,16 @@ AS $$
 DECLARE
     v_role name := coalesce(nullif(current_setting('role'), 'none'), session_user);
     v_subject text := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
-    v_caller text := coalesce('sub:' || v_subject, 'role:' || v_role);
+    v_caller text := 'role:' || v_role || coalesce(' sub:' || v_subject, '');
     v_owner text;
 BEGIN
     IF pg_has_role(v_role, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'flex_sync'), 'MEMBER') THEN
-        RETURN;
+        RETURN true;
     END IF;
     SELECT d.caller INTO v_owner FROM flex_sync_private.ingest_devices d WHERE d.device_id = p_device_id;
+    IF v_owner IS NULL AND NOT p_bind THEN
+        RETURN false;
+    END IF;
     IF v_owner IS NULL THEN
         INSERT INTO flex_sync_private.ingest_devices (device_id, caller) VALUES (p_device_id, v_caller)
         ON CONFLICT DO NOTHING;
@@ -671,6 +682,7 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'a device id is bound to the user that first sent it; the owner can move it by deleting its row in flex_sync_private.ingest_devices';
     END IF;
+    RETURN true;
 END
 $$;
 
@@ -804,8 +816,8 @@ $$;
 -- taken before (status "replayed" if it was applied), else "applied" or "failed". `p_problem`:
 -- why the batch's order found it cannot be applied. Runs as the caller: the change is the
 -- caller's, under its privileges and row level security. An upsert of a mapped local id is an
--- UPDATE of the columns sent (an INSERT again, with the same server id, if the row is gone); of
--- a new one an INSERT that meets the row of its natural key, if the table has one.
+-- UPDATE of the columns sent (P0002 when the row is gone or the caller may not change it); of a
+-- new one an INSERT that meets the row of its natural key, if the table has one.
 CREATE FUNCTION flex_sync_private.ingest_apply(p_device_id text, p_op jsonb, p_table jsonb, p_problem text)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -820,8 +832,10 @@ DECLARE
     v_id_column text := p_table ->> 'id_column';
     v_claim jsonb;
     v_server_id uuid;
+    v_new_id uuid := gen_random_uuid();
     v_found uuid;
     v_parents jsonb;
+    v_bad_local_id boolean;
     v_column text;
     v_unknown text;
     v_columns text[];
@@ -858,17 +872,28 @@ BEGIN
                                     v_id_column);
         END IF;
         FOR v_column IN SELECT jsonb_object_keys(v_parents) LOOP
-            -- A local id is a string or an integer, as the batch's order reads it.
-            IF jsonb_typeof(v_data -> v_column) = 'number' AND (v_data -> v_column)::text !~ '^-?[0-9]+$' THEN
-                RAISE EXCEPTION 'the local id in % must be a string or an integer, not %', v_column, v_data -> v_column
+            -- A local id is a non-empty string or an integer (of 64 bits), as the batch's order
+            -- reads it: anything else could never be mapped.
+            IF jsonb_typeof(v_data -> v_column) = 'string' THEN
+                v_bad_local_id := v_data ->> v_column = '';
+            ELSE
+                v_bad_local_id := (v_data -> v_column)::text !~ '^-?[0-9]+$'
+                    OR (v_data -> v_column)::text::numeric NOT BETWEEN -9223372036854775808 AND 18446744073709551615;
+            END IF;
+            IF v_bad_local_id THEN
+                RAISE EXCEPTION 'the local id in % must be a non-empty string or an integer, not %', v_column, v_data -> v_column
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
-            IF jsonb_typeof(v_claim -> 'parents' -> v_column) IS DISTINCT FROM 'string' THEN
+            IF jsonb_typeof(v_claim -> 'parents' -> v_column) = 'string' THEN
+                v_data := jsonb_set(v_data, ARRAY[v_column], v_claim -> 'parents' -> v_column);
+            ELSIF v_server_id IS NULL AND v_parents -> v_column = jsonb_build_array(v_name, v_local_id) THEN
+                -- A new row that names itself is its own parent, with the id it is about to get.
+                v_data := jsonb_set(v_data, ARRAY[v_column], to_jsonb(v_new_id));
+            ELSE
                 RAISE EXCEPTION '%:% (its %) has not been synced by device % yet',
                                 v_parents -> v_column ->> 0, v_parents -> v_column ->> 1, v_column, p_device_id
                     USING ERRCODE = 'FS001';
             END IF;
-            v_data := jsonb_set(v_data, ARRAY[v_column], v_claim -> 'parents' -> v_column);
         END LOOP;
         v_columns := ARRAY(SELECT jsonb_object_keys(v_data));
         IF v_server_id IS NOT NULL AND cardinality(v_columns) > 0 THEN
@@ -883,9 +908,14 @@ BEGIN
                 USING v_server_id
                 INTO v_found;
         END IF;
-        IF v_found IS NULL THEN
+        IF v_server_id IS NOT NULL AND v_found IS NULL THEN
+            RAISE EXCEPTION '%:% (server id %) was deleted, or this caller may not change it', v_name, v_local_id, v_server_id
+                USING ERRCODE = 'no_data_found',
+                      HINT = 'a row deleted on the server is not made again from part of its columns: the device gives a new row a new local id';
+        END IF;
+        IF v_server_id IS NULL THEN
             -- A natural key all sent (not null) meets the row that has it.
-            IF v_server_id IS NULL AND jsonb_typeof(p_table -> 'natural_key') = 'array' AND NOT EXISTS (
+            IF jsonb_typeof(p_table -> 'natural_key') = 'array' AND NOT EXISTS (
                    SELECT 1 FROM jsonb_array_elements_text(p_table -> 'natural_key') k
                    WHERE coalesce(jsonb_typeof(v_data -> k), 'null') = 'null') THEN
                 v_conflict := format(' ON CONFLICT (%s) DO UPDATE SET %s',
@@ -898,7 +928,7 @@ BEGIN
                            (SELECT string_agg(', ' || quote_ident(c), '') FROM unnest(v_columns) c),
                            (SELECT string_agg(', r.' || quote_ident(c), '') FROM unnest(v_columns) c),
                            coalesce(v_conflict, ''))
-                USING coalesce(v_server_id, gen_random_uuid()), v_data
+                USING v_new_id, v_data
                 INTO v_server_id;
         END IF;
     END IF;
@@ -1003,7 +1033,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM flex_sync_private.ingest_admit(device_id);
+    PERFORM flex_sync_private.ingest_check_arguments(device_id, '[]');
+    -- Reading binds nothing: a device no one sent for has no batches to show.
+    IF NOT flex_sync_private.ingest_admit(device_id, false) THEN
+        RETURN NULL;
+    END IF;
     RETURN (SELECT jsonb_build_object('state', i.state, 'attempts', i.attempts, 'result', i.result, 'error', i.last_error)
             FROM flex_sync_private.ingest_inbox i
             WHERE i.id = inbox_id AND i.device_id = flex_sync_ingest_result.device_id);
@@ -1074,6 +1108,7 @@ BEGIN
                     ELSE 'done' END;
     UPDATE flex_sync_private.ingest_inbox i
     SET state = v_state, leased_by = NULL, result = p_result, last_error = v_error,
+        submitted_claims = CASE WHEN v_state = 'queued' THEN i.submitted_claims END,
         due_at = CASE WHEN v_state = 'queued' THEN clock_timestamp() + flex_sync_private.retry_delay(v_row.attempts) ELSE i.due_at END,
         finished_at = CASE WHEN v_state = 'queued' THEN NULL ELSE clock_timestamp() END
     WHERE i.id = p_id;
@@ -1084,9 +1119,12 @@ $$;
 -- Applies up to max_batches due batches of the inbox, each in its own transaction: the lease is
 -- committed first (so another worker skips the batch, and takes it over if this one dies), then
 -- the batch is applied, as the role and with the JWT claims that submitted it, and settled
--- together. No lock is waited for longer than the lease. Schedule it with pg_cron from several
--- workers if need be; it cannot run inside a transaction block. `report` counts the batches by
--- the state they were left in ("lost": another worker took one over).
+-- together. No lock is waited for longer than the lease. Code that runs inside a batch (a
+-- trigger, a default) could RESET ROLE to the session's user, so that user may be neither a
+-- superuser nor a member of the extension's owner: a worker role of its own, a member of the
+-- submitters' roles. Schedule it with pg_cron from several workers if need be; it cannot run
+-- inside a transaction block. `report` counts the batches by the state they were left in
+-- ("lost": another worker took one over).
 CREATE PROCEDURE flex_sync_ingest_work(max_batches integer DEFAULT 100, lease_seconds integer DEFAULT 60,
                                        max_attempts integer DEFAULT 8, INOUT report jsonb DEFAULT NULL)
 LANGUAGE plpgsql
@@ -1098,7 +1136,8 @@ DECLARE
     v_sqlstate text;
     v_message text;
     v_role text := pg_catalog.current_setting('role');
-    v_claims text := pg_catalog.current_setting('request.jwt.claims', true);
+    v_claims text := coalesce(pg_catalog.current_setting('request.jwt.claims', true), '');
+    v_lock_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF max_batches IS NULL OR max_batches NOT BETWEEN 1 AND 100000
        OR lease_seconds IS NULL OR lease_seconds NOT BETWEEN 1 AND 86400
@@ -1106,10 +1145,21 @@ BEGIN
         RAISE EXCEPTION 'flex_sync: max_batches must be 1 to 100000, lease_seconds 1 to 86400 and max_attempts 1 to 100'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF pg_catalog.pg_has_role(session_user, (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'flex_sync'), 'MEMBER') THEN
+        RAISE EXCEPTION 'flex_sync: the inbox''s worker may not run as % (a superuser, or a member of the extension''s owner)', session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'a batch runs as its submitter, and its code could RESET ROLE to the session''s user: log in as a role of its own, '
+                         'e.g. CREATE ROLE flex_ingest_worker LOGIN; GRANT authenticated TO flex_ingest_worker; '
+                         'SELECT flex_sync_ingest_grant(''flex_ingest_worker'', worker => true)';
+    END IF;
     report := '{"done": 0, "queued": 0, "dead": 0, "lost": 0}';
     -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
     COMMIT;
     FOR n IN 1 .. max_batches LOOP
+        -- The worker's own settings, whatever the last batch's code set for the session.
+        PERFORM pg_catalog.set_config('role', v_role, false);
+        PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, false);
+        PERFORM pg_catalog.set_config('lock_timeout', v_lock_timeout, false);
         SELECT * INTO v_lease FROM flex_sync_private.ingest_lease(lease_seconds, max_attempts);
         EXIT WHEN v_lease.id IS NULL;
         COMMIT;
@@ -1119,8 +1169,12 @@ BEGIN
             PERFORM pg_catalog.set_config('request.jwt.claims', coalesce(v_lease.submitted_claims, ''), true);
             PERFORM pg_catalog.set_config('role', v_lease.submitted_by, true);
             v_result := @extschema@.flex_sync_ingest(v_lease.device_id, v_lease.batch);
+            IF pg_catalog.current_setting('role') IS DISTINCT FROM v_lease.submitted_by::text THEN
+                RAISE EXCEPTION 'flex_sync: code inside inbox batch % changed the role it ran as', v_lease.id
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
             PERFORM pg_catalog.set_config('role', v_role, true);
-            PERFORM pg_catalog.set_config('request.jwt.claims', coalesce(v_claims, ''), true);
+            PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, true);
             v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence, v_result, NULL, NULL, max_attempts);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
@@ -1158,9 +1212,10 @@ AS $$
 $$;
 
 -- Lets `grantee` (for example authenticated) send batches: flex_sync_ingest and the helpers it
--- calls as its caller, flex_sync_ingest_submit and flex_sync_ingest_result. An update resets
--- the ACLs to the README's list: call it again after ALTER EXTENSION flex_sync UPDATE.
-CREATE FUNCTION flex_sync_ingest_grant(grantee name)
+-- calls as its caller, flex_sync_ingest_submit and flex_sync_ingest_result; with `worker`, also
+-- run the inbox (the procedure and its lease and settle steps). An update resets the ACLs to the
+-- README's list: call it again after ALTER EXTENSION flex_sync UPDATE.
+CREATE FUNCTION flex_sync_ingest_grant(grantee name, worker boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1170,12 +1225,17 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA flex_sync_private TO %I', grantee);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.flex_sync_ingest(text, jsonb), @extschema@.flex_sync_ingest_submit(text, jsonb),
                         @extschema@.flex_sync_ingest_result(text, bigint), flex_sync_private.ingest_check_arguments(text, jsonb),
-                        flex_sync_private.ingest_admit(text), flex_sync_private.ingest_catalog(), flex_sync_private.ingest_links(jsonb),
+                        flex_sync_private.ingest_admit(text, boolean), flex_sync_private.ingest_catalog(), flex_sync_private.ingest_links(jsonb),
                         flex_sync_private.ingest_order(jsonb, jsonb), flex_sync_private.ingest_apply(text, jsonb, jsonb, text),
                         flex_sync_private.ingest_claim(text, text, text, text, jsonb),
                         flex_sync_private.ingest_record(text, text, text, text, uuid, jsonb),
                         flex_sync_private.ingest_failure(text, jsonb, text, text), flex_sync_private.ingest_retryable(text)
                     TO %I', grantee);
+    IF worker THEN
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.flex_sync_ingest_work(integer, integer, integer, jsonb) TO %I', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION flex_sync_private.ingest_lease(integer, integer),
+                            flex_sync_private.ingest_settle(bigint, bigint, jsonb, text, text, integer) TO %I', grantee);
+    END IF;
 END
 $$;
 

@@ -66,11 +66,11 @@ struct Operation<'a> {
     data: Option<&'a Map<String, Value>>,
 }
 
-/// A local id as the device sent it: a string, or an integer written as text (as SQL's `->>`
-/// writes it).
+/// A local id as the device sent it: a non-empty string, or an integer of 64 bits written as
+/// text (as SQL's `->>` writes it; `sql/ingest.sql` applies the same rule to foreign keys).
 pub fn local_id_text(value: &Value) -> Option<String> {
     match value {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
     }

@@ -7,11 +7,39 @@
 use flex_sync_pg_test::harness::*;
 use postgres::{Client, NoTls};
 use serde_json::{json, Value};
+use std::sync::Once;
 use std::time::Duration;
+
+/// The roles of the inbox's tests, made once per server: a device's role (`ingest_tablet`) and
+/// the worker's (`ingest_worker`, which logs in and may take on the device's role, and is no
+/// superuser, as the worker must not be).
+fn roles() {
+    static ROLES: Once = Once::new();
+    ROLES.call_once(|| {
+        Client::connect(&server_conninfo(), NoTls)
+            .unwrap()
+            .batch_execute(
+                "DO $$ BEGIN CREATE ROLE ingest_tablet NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+                 DO $$ BEGIN CREATE ROLE ingest_worker LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+                 GRANT ingest_tablet TO ingest_worker;",
+            )
+            .unwrap();
+    });
+}
+
+/// A connection as the inbox's worker.
+fn worker(db: &TestDb) -> Client {
+    Client::connect(&worker_conninfo(db), NoTls).unwrap()
+}
+
+fn worker_conninfo(db: &TestDb) -> String {
+    db.conninfo.replace("user=postgres", "user=ingest_worker")
+}
 
 /// The seed's device tables: customers and products, sales of a customer, swaps of a sale and a
 /// product (one server row per swap number and per IMEI, whoever creates it).
 fn setup(test: &str) -> (TestDb, Client) {
+    roles();
     let db = TestDb::empty(test);
     let mut client = db.connect();
     client
@@ -26,7 +54,10 @@ fn setup(test: &str) -> (TestDb, Client) {
              SELECT flex_sync_ingest_register('customers');
              SELECT flex_sync_ingest_register('products', ARRAY['imei']);
              SELECT flex_sync_ingest_register('sales');
-             SELECT flex_sync_ingest_register('swaps', ARRAY['swap_number']);",
+             SELECT flex_sync_ingest_register('swaps', ARRAY['swap_number']);
+             SELECT flex_sync_ingest_grant('ingest_tablet');
+             SELECT flex_sync_ingest_grant('ingest_worker', worker => true);
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ingest_tablet;",
         )
         .unwrap();
     (db, client)
@@ -189,6 +220,32 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     assert!(failed.iter().all(|r| r["retryable"] == false));
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
 
+    // A foreign key that could never name a local id fails for good; a row that names itself is
+    // its own parent; a mapped row deleted on the server is not made again from part of it.
+    client
+        .batch_execute(
+            "CREATE TABLE categories (id uuid PRIMARY KEY, parent_id uuid REFERENCES categories, name text);
+             SELECT flex_sync_ingest_register('categories');",
+        )
+        .unwrap();
+    let more = ingest(
+        &mut client,
+        "dev1",
+        &json!([
+            upsert("8", "sales", "s3", json!({"customer_id": "", "total": 1})),
+            upsert("9", "categories", "root", json!({"parent_id": "root", "name": "all"})),
+        ]),
+    );
+    assert_eq!(more["results"][0]["retryable"], false, "{more}");
+    assert!(more["results"][0]["error"].as_str().unwrap().starts_with("22023"), "{more}");
+    assert_eq!(more["results"][1]["status"], "applied", "{more}");
+    assert_eq!(count(&mut client, "SELECT count(*) FROM categories WHERE parent_id = id"), 1);
+    client.batch_execute("DELETE FROM customers").unwrap();
+    let gone = ingest(&mut client, "dev1", &json!([upsert("10", "customers", "c3", json!({"name": "Cy again"}))]));
+    assert_eq!(gone["results"][0]["retryable"], false, "{gone}");
+    assert!(gone["results"][0]["error"].as_str().unwrap().starts_with("P0002"), "{gone}");
+    client.batch_execute("INSERT INTO customers (name) VALUES ('Cy')").unwrap();
+
     // A batch that is not one is refused whole, and nothing is recorded.
     for (bad, code) in [
         (json!({"op_id": "1"}), "22023"),
@@ -201,7 +258,7 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     let null_device = client.query_one("SELECT flex_sync_ingest(NULL, '[]')", &[]).unwrap_err();
     assert_eq!(null_device.code().unwrap().code(), "22004");
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
-    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 7);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 10);
 }
 
 #[test]
@@ -357,7 +414,8 @@ fn the_callers_privileges_and_row_level_security_decide_what_a_device_may_change
         json!([upsert("u3", "products", "p9", json!({"imei": "9"})), upsert("u4", "customers", "cz", json!({"name": "Zoe"}))])
     );
     let inbox_id = postgrest(&mut client, "ingest_device_role", &json!({"sub": "user-a"}), None, &submit_call).unwrap().unwrap();
-    assert_eq!(work(&mut client, "")["done"], 1);
+    client.batch_execute("GRANT ingest_device_role TO ingest_worker").unwrap();
+    assert_eq!(work(&mut worker(&db), "")["done"], 1);
     let applied = strings(
         &mut client,
         "SELECT r ->> 'status' || ' ' || coalesce(left(r ->> 'error', 5), '') FROM flex_sync_ingest_inbox,
@@ -376,11 +434,15 @@ fn the_callers_privileges_and_row_level_security_decide_what_a_device_may_change
     assert_eq!(refused.code().unwrap().code(), "42501");
 }
 
+/// Submits as the device's role, `ingest_tablet`.
 fn submit(client: &mut Client, device: &str, batch: &Value) -> i64 {
-    client
+    client.batch_execute("SET ROLE ingest_tablet").unwrap();
+    let id = client
         .query_one("SELECT flex_sync_ingest_submit($1, $2::text::jsonb)", &[&device, &batch.to_string()])
         .unwrap()
-        .get(0)
+        .get(0);
+    client.batch_execute("RESET ROLE").unwrap();
+    id
 }
 
 fn work(client: &mut Client, args: &str) -> Value {
@@ -413,11 +475,11 @@ fn two_workers_on_one_inbox_each_apply_a_batch_once_and_pass_over_what_the_other
     // meanwhile a second worker drains what it may.
     let mut holder = db.connect();
     holder.batch_execute("BEGIN; INSERT INTO products (id, imei) VALUES (gen_random_uuid(), 'IMEI-b0')").unwrap();
-    let first = work_in_background(&db.conninfo, "max_batches => 1");
+    let first = work_in_background(&worker_conninfo(&db), "max_batches => 1");
     wait_for("the first worker to wait inside its batch", Duration::from_secs(30), || {
         !waiting(&mut client, "%flex_sync_ingest_work%").is_empty()
     });
-    let mut second_client = db.connect();
+    let mut second_client = worker(&db);
     let second = work(&mut second_client, "");
     // dev0's later batches wait for its first: a device's batches apply in order.
     assert_eq!(second, json!({"done": 8, "queued": 0, "dead": 0, "lost": 0}));
@@ -447,14 +509,14 @@ fn a_dead_workers_lease_is_taken_over_when_it_runs_out_and_a_stale_worker_is_fen
 
     // A worker dies inside the batch: its lease is left, and honoured until it runs out.
     let holder = hold_lock(&db, "swaps");
-    let victim = work_in_background(&db.conninfo, "lease_seconds => 300");
+    let victim = work_in_background(&worker_conninfo(&db), "lease_seconds => 300");
     wait_for("the worker to wait inside the batch", Duration::from_secs(30), || !waiting(&mut client, "%flex_sync_ingest_work%").is_empty());
     let pid = waiting(&mut client, "%flex_sync_ingest_work%")[0];
     client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
     assert!(victim.join().is_err(), "the killed worker's CALL fails");
     drop(holder);
     assert_eq!(inbox(&mut client, id), ("leased".to_string(), 1, 1));
-    let mut other = db.connect();
+    let mut other = worker(&db);
     assert_eq!(work(&mut other, "")["done"], 0, "a lease that has not run out is passed over");
     client.batch_execute("UPDATE flex_sync_private.ingest_inbox SET due_at = now() - interval '1 second'").unwrap();
     assert_eq!(work(&mut other, "")["done"], 1, "the lease ran out: taken over");
@@ -465,10 +527,10 @@ fn a_dead_workers_lease_is_taken_over_when_it_runs_out_and_a_stale_worker_is_fen
     // worker's work is rolled back when it tries to settle.
     let id = submit(&mut client, "dev1", &children_first("m"));
     let holder = hold_lock(&db, "swaps");
-    let slow = work_in_background(&db.conninfo, "lease_seconds => 300");
+    let slow = work_in_background(&worker_conninfo(&db), "lease_seconds => 300");
     wait_for("the slow worker to wait inside the batch", Duration::from_secs(30), || !waiting(&mut client, "%flex_sync_ingest_work%").is_empty());
     client.batch_execute(&format!("UPDATE flex_sync_private.ingest_inbox SET due_at = now() WHERE id = {id}")).unwrap();
-    let fast = work_in_background(&db.conninfo, "lease_seconds => 300");
+    let fast = work_in_background(&worker_conninfo(&db), "lease_seconds => 300");
     wait_for("the second worker to lease the batch and wait for the first's operations", Duration::from_secs(30), || {
         waiting(&mut client, "%flex_sync_ingest_work%").len() == 2
     });
@@ -489,9 +551,10 @@ fn a_dead_workers_lease_is_taken_over_when_it_runs_out_and_a_stale_worker_is_fen
 
 #[test]
 fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
-    let (_db, mut client) = setup("ingest_backoff");
+    let (db, mut client) = setup("ingest_backoff");
+    let mut worker = worker(&db);
     let child = submit(&mut client, "dev1", &json!([upsert("1", "sales", "s1", json!({"customer_id": "c1", "total": 3}))]));
-    assert_eq!(work(&mut client, ""), json!({"done": 0, "queued": 1, "dead": 0, "lost": 0}));
+    assert_eq!(work(&mut worker, ""), json!({"done": 0, "queued": 1, "dead": 0, "lost": 0}));
     let row = client
         .query_one(
             "SELECT state, due_at > now() + interval '2 seconds', last_error LIKE 'FS001%' FROM flex_sync_ingest_inbox WHERE id = $1",
@@ -501,20 +564,20 @@ fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
     assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)), ("queued".into(), true, true));
     // The device's next batch waits behind it, even once due: its batches apply in order.
     let next = submit(&mut client, "dev1", &json!([upsert("2", "customers", "c2", json!({"name": "Bo"}))]));
-    assert_eq!(work(&mut client, "")["done"], 0);
+    assert_eq!(work(&mut worker, "")["done"], 0);
     assert_eq!(inbox(&mut client, next), ("queued".to_string(), 0, 0));
     // The parent comes another way (the device sent it directly); once the pause is over (the
     // clock moved on), the child applies, then the batch behind it.
     ingest(&mut client, "dev1", &json!([upsert("3", "customers", "c1", json!({"name": "Ann"}))]));
     client.batch_execute(&format!("UPDATE flex_sync_private.ingest_inbox SET due_at = now() WHERE id = {child}")).unwrap();
-    assert_eq!(work(&mut client, "")["done"], 2);
+    assert_eq!(work(&mut worker, "")["done"], 2);
     assert_eq!(inbox(&mut client, child), ("done".to_string(), 2, 2));
     assert_eq!(inbox(&mut client, next), ("done".to_string(), 1, 1));
     assert_eq!(count(&mut client, "SELECT count(*) FROM sales WHERE customer_id IS NOT NULL"), 1);
 
     // One that never gets its parent dies after max_attempts, visible, and can be sent again.
     let doomed = submit(&mut client, "dev1", &json!([upsert("4", "sales", "s2", json!({"customer_id": "c-never", "total": 3}))]));
-    assert_eq!(work(&mut client, "max_attempts => 1")["dead"], 1);
+    assert_eq!(work(&mut worker, "max_attempts => 1")["dead"], 1);
     let dead = strings(&mut client, "SELECT id || ' ' || left(last_error, 5) FROM flex_sync_ingest_dead", &[]);
     assert_eq!(dead, vec![format!("{doomed} FS001")]);
     let requeued: i32 = client.query_one("SELECT flex_sync_ingest_requeue($1)", &[&doomed]).unwrap().get(0);
@@ -524,12 +587,43 @@ fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
 
 #[test]
 fn the_inbox_refuses_a_batch_it_could_never_apply_and_the_worker_refuses_bad_arguments() {
-    let (_db, mut client) = setup("ingest_submit");
+    let (db, mut client) = setup("ingest_submit");
     let error = client.query_one("SELECT flex_sync_ingest_submit('dev1', '[{\"op_id\": 1}]')", &[]).unwrap_err();
     assert_eq!(error.code().unwrap().code(), "22023");
     assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_ingest_inbox"), 0);
-    let error = client.batch_execute("CALL flex_sync_ingest_work(max_batches => 0)").unwrap_err();
+    let mut worker = worker(&db);
+    let error = worker.batch_execute("CALL flex_sync_ingest_work(max_batches => 0)").unwrap_err();
     assert_eq!(error.code().unwrap().code(), "22023");
-    let error = client.batch_execute("BEGIN; CALL flex_sync_ingest_work(); COMMIT").unwrap_err();
+    let error = worker.batch_execute("BEGIN; CALL flex_sync_ingest_work(); COMMIT").unwrap_err();
     assert_eq!(error.code().unwrap().code(), "2D000", "a worker commits: not inside a transaction block");
+}
+
+/// A batch's code runs as the submitter, and could RESET ROLE to the session's user: the worker
+/// may not be a superuser or the owner, and a batch whose code changed its role is rolled back.
+#[test]
+fn the_worker_is_never_a_superuser_and_a_batch_that_changes_its_role_is_refused() {
+    let (db, mut client) = setup("ingest_worker_role");
+    let error = client.batch_execute("CALL flex_sync_ingest_work()").unwrap_err();
+    assert_eq!(error.code().unwrap().code(), "42501", "the owner, a superuser, may not run the worker");
+    client
+        .batch_execute(
+            "CREATE FUNCTION escape() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RESET ROLE; RETURN NEW; END $$;
+             CREATE TRIGGER escape BEFORE INSERT ON products FOR EACH ROW EXECUTE FUNCTION escape();",
+        )
+        .unwrap();
+    let id = submit(&mut client, "dev1", &json!([upsert("1", "products", "p1", json!({"imei": "1"})),
+                                                  upsert("2", "customers", "c1", json!({"name": "Ann"}))]));
+    assert_eq!(work(&mut worker(&db), "")["done"], 1);
+    // Past its RESET ROLE the operation ran as the worker, which is not the device's caller: its
+    // record is refused, so the operation is rolled back; the rest of the batch is applied.
+    let results = strings(
+        &mut client,
+        "SELECT r ->> 'status' || ' ' || coalesce(r ->> 'error', '') FROM flex_sync_ingest_inbox, jsonb_array_elements(result -> 'results') r
+         WHERE id = $1",
+        &[&id],
+    );
+    assert_eq!(results, vec!["failed 42501: flex_sync: device dev1 belongs to another caller", "applied "]);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM products"), 0);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
 }

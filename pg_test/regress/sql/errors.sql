@@ -125,6 +125,7 @@ SELECT pg_temp.attempt($$SELECT flex_sync_ingest('d', (SELECT jsonb_agg(jsonb_bu
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_submit('d', '[{"op_id": ""}]')$$);
 SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(max_batches => 0)$$);
 SELECT pg_temp.attempt($$CALL flex_sync_ingest_work(lease_seconds => NULL)$$);
+SELECT pg_temp.attempt($$CALL flex_sync_ingest_work()$$);
 SELECT count(*) AS ingested_rows FROM ingest_parent;
 SELECT count(*) AS recorded_operations FROM flex_sync_private.ingest_operations;
 SELECT count(*) AS inbox_batches FROM flex_sync_ingest_inbox;

@@ -104,7 +104,7 @@ CREATE TABLE ingest_sales (id uuid PRIMARY KEY, customer_id uuid REFERENCES inge
 SELECT flex_sync_ingest_register('ingest_customers');
 SELECT flex_sync_ingest_register('ingest_sales');
 SELECT jsonb_pretty(flex_sync_private.ingest_catalog());
-CREATE FUNCTION pg_temp.shown(r jsonb) RETURNS TABLE (op_id text, status text, has_server_id boolean, error text, retryable boolean, in_id_map boolean)
+CREATE FUNCTION public.shown(r jsonb) RETURNS TABLE (op_id text, status text, has_server_id boolean, error text, retryable boolean, in_id_map boolean)
 LANGUAGE sql AS $$
     SELECT e ->> 'op_id', e ->> 'status', e ->> 'server_id' IS NOT NULL, e ->> 'error', (e ->> 'retryable')::boolean,
            EXISTS (SELECT 1 FROM jsonb_each_text(r -> 'id_map') m WHERE m.value = e ->> 'server_id')
@@ -116,20 +116,34 @@ CREATE TEMP TABLE ingest_batch AS SELECT '[
   {"op_id": "o3", "table": "ingest_sales", "local_id": "s2", "action": "upsert", "data": {"customer_id": "c1", "total": -1}},
   {"op_id": "o4", "table": "ingest_sales", "local_id": "s3", "action": "upsert", "data": {"customer_id": "c9", "total": 1}},
   {"op_id": "o5", "table": "ingest_customers", "local_id": "c2", "action": "delete"}]'::jsonb AS batch;
-SELECT * FROM pg_temp.shown(flex_sync_ingest('tablet', (SELECT batch FROM ingest_batch)));
-SELECT * FROM pg_temp.shown(flex_sync_ingest('tablet', (SELECT batch FROM ingest_batch)));
+SELECT * FROM public.shown(flex_sync_ingest('tablet', (SELECT batch FROM ingest_batch)));
+SELECT * FROM public.shown(flex_sync_ingest('tablet', (SELECT batch FROM ingest_batch)));
 SELECT jsonb_object_keys(flex_sync_ingest('tablet', (SELECT batch FROM ingest_batch))) AS result_keys;
 SELECT c.name, s.total FROM ingest_sales s JOIN ingest_customers c ON c.id = s.customer_id;
-SELECT flex_sync_ingest_submit('tablet', '[{"op_id": "o6", "table": "ingest_customers", "local_id": "c9", "action": "upsert", "data": {"name": "Cy"}}]') AS inbox_id;
+-- The inbox: a device's role submits, a worker of its own (no superuser) applies it as that role.
+DO $$ BEGIN CREATE ROLE regress_ingest_tablet NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE regress_ingest_worker LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT regress_ingest_tablet TO regress_ingest_worker;
+SELECT flex_sync_ingest_grant('regress_ingest_tablet'), flex_sync_ingest_grant('regress_ingest_worker', worker => true);
+GRANT SELECT, INSERT, UPDATE ON ingest_customers, ingest_sales TO regress_ingest_tablet;
+SET ROLE regress_ingest_tablet;
+SELECT flex_sync_ingest_submit('phone', '[{"op_id": "o6", "table": "ingest_customers", "local_id": "c9", "action": "upsert", "data": {"name": "Cy"}}]') AS inbox_id;
+RESET ROLE;
+\c - regress_ingest_worker
 CALL flex_sync_ingest_work();
-SELECT id, device_id, state, attempts, fence, leased_by, operations, last_error FROM flex_sync_ingest_inbox;
+\c - postgres
+SELECT id, device_id, submitted_by, state, attempts, fence, leased_by, operations, last_error FROM flex_sync_ingest_inbox;
 SELECT r ->> 'state' AS state, r ->> 'attempts' AS attempts, r ->> 'error' AS error, s.*
-FROM flex_sync_ingest_result('tablet', 1) r, pg_temp.shown(r -> 'result') s;
-SELECT flex_sync_ingest_result('phone', 1) AS another_devices_batch;
+FROM flex_sync_ingest_result('phone', 1) r, public.shown(r -> 'result') s;
+SELECT flex_sync_ingest_result('tablet', 1) AS another_devices_batch;
+SELECT device_id, caller FROM flex_sync_private.ingest_devices;
 SELECT * FROM flex_sync_ingest_dead;
 SELECT flex_sync_ingest_requeue() AS requeued;
 DROP TABLE ingest_sales, ingest_customers;
+DROP FUNCTION public.shown(jsonb);
 DELETE FROM flex_sync_private.ingest_tables;
+DROP OWNED BY regress_ingest_tablet, regress_ingest_worker;
+DROP ROLE regress_ingest_worker, regress_ingest_tablet;
 -- The dedupe's report, dry and real, over a crew call with a duplicate row.
 ALTER TABLE flex_crew_assignments DROP CONSTRAINT flex_crew_assignments_crew_call_id_technician_id_key;
 INSERT INTO flex_crew_assignments (crew_call_id, technician_id, flex_line_item_id, created_at)
