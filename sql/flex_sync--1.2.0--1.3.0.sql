@@ -588,6 +588,11 @@ BEGIN
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'the server id of a device''s row is a uuid: give the table a primary key such as id uuid PRIMARY KEY DEFAULT gen_random_uuid()';
     END IF;
+    IF flex_sync_private.ingest_has_deferrable_checks(target) THEN
+        RAISE EXCEPTION 'flex_sync: % has deferrable constraints or constraint triggers', target
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'a deferred check runs at commit, after the savepoint of each operation, and would fail the whole batch: make them NOT DEFERRABLE';
+    END IF;
     IF natural_key IS NOT NULL THEN
         IF cardinality(natural_key) = 0 OR array_position(natural_key, NULL) IS NOT NULL THEN
             RAISE EXCEPTION 'flex_sync: natural_key must name at least one column, or be NULL'
@@ -632,6 +637,18 @@ BEGIN
     VALUES (v_name, target, natural_key)
     ON CONFLICT ON CONSTRAINT ingest_tables_target_key DO UPDATE SET natural_key = excluded.natural_key, name = excluded.name;
 END
+$$;
+
+-- Whether a check of the table may be deferred to commit: a deferrable constraint or constraint
+-- trigger on it.
+CREATE FUNCTION flex_sync_private.ingest_has_deferrable_checks(p_target regclass)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = p_target AND c.condeferrable)
+        OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_target AND t.tgdeferrable);
 $$;
 
 -- Devices may no longer write the table; its mappings stay (registering it again uses them).
@@ -706,6 +723,7 @@ AS $$
         'target', r.target::text,
         'id_column', r.id_column,
         'natural_key', to_jsonb(r.natural_key),
+        'deferrable', flex_sync_private.ingest_has_deferrable_checks(r.target),
         'columns', (SELECT coalesce(jsonb_agg(a.attname), '[]') FROM pg_attribute a
                     WHERE a.attrelid = r.target AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> r.id_column),
         'parents', (SELECT coalesce(jsonb_object_agg(fa.attname, p.name), '{}')
@@ -738,13 +756,20 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_stored jsonb;
 BEGIN
     PERFORM flex_sync_private.ingest_admit(p_device_id);
     INSERT INTO flex_sync_private.ingest_operations (device_id, op_id) VALUES (p_device_id, p_op_id)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
-        RETURN jsonb_build_object('stored', (SELECT o.result FROM flex_sync_private.ingest_operations o
-                                             WHERE o.device_id = p_device_id AND o.op_id = p_op_id));
+        SELECT o.result INTO v_stored FROM flex_sync_private.ingest_operations o
+        WHERE o.device_id = p_device_id AND o.op_id = p_op_id;
+        -- A row without a result was taken by a claim that committed without applying (a direct
+        -- call of this helper): the operation was never applied.
+        IF v_stored IS NOT NULL THEN
+            RETURN jsonb_build_object('stored', v_stored);
+        END IF;
     END IF;
     RETURN jsonb_build_object(
         'stored', NULL,
@@ -835,6 +860,7 @@ DECLARE
     v_new_id uuid := gen_random_uuid();
     v_found uuid;
     v_parents jsonb;
+    v_self_columns text[] := '{}';
     v_bad_local_id boolean;
     v_column text;
     v_unknown text;
@@ -857,6 +883,11 @@ BEGIN
         RAISE EXCEPTION '%', p_problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_target := (p_table ->> 'target')::regclass;
+    IF (p_table ->> 'deferrable')::boolean THEN
+        RAISE EXCEPTION 'table % has gained deferrable constraints or constraint triggers since it was registered', v_name
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'a deferred check runs at commit, after the savepoint of each operation: make them NOT DEFERRABLE';
+    END IF;
     v_server_id := v_claim ->> 'server_id';
     IF p_op ->> 'action' = 'delete' THEN
         IF v_server_id IS NOT NULL THEN
@@ -887,8 +918,10 @@ BEGIN
             IF jsonb_typeof(v_claim -> 'parents' -> v_column) = 'string' THEN
                 v_data := jsonb_set(v_data, ARRAY[v_column], v_claim -> 'parents' -> v_column);
             ELSIF v_server_id IS NULL AND v_parents -> v_column = jsonb_build_array(v_name, v_local_id) THEN
-                -- A new row that names itself is its own parent, with the id it is about to get.
-                v_data := jsonb_set(v_data, ARRAY[v_column], to_jsonb(v_new_id));
+                -- A new row that names itself is its own parent: set once the row has its id
+                -- (which may be the id of the row its natural key meets).
+                v_self_columns := v_self_columns || v_column;
+                v_data := jsonb_set(v_data, ARRAY[v_column], 'null');
             ELSE
                 RAISE EXCEPTION '%:% (its %) has not been synced by device % yet',
                                 v_parents -> v_column ->> 0, v_parents -> v_column ->> 1, v_column, p_device_id
@@ -930,6 +963,12 @@ BEGIN
                            coalesce(v_conflict, ''))
                 USING v_new_id, v_data
                 INTO v_server_id;
+            IF cardinality(v_self_columns) > 0 THEN
+                EXECUTE format('UPDATE %1$s AS t SET (%2$s) = ROW(%3$s) WHERE t.%4$I = $1',
+                               v_target, (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_self_columns) c),
+                               (SELECT string_agg('$1', ', ') FROM unnest(v_self_columns) c), v_id_column)
+                    USING v_server_id;
+            END IF;
         END IF;
     END IF;
     v_result := jsonb_build_object('op_id', v_op_id, 'status', 'applied', 'server_id', v_server_id, 'error', NULL, 'retryable', false);
@@ -1046,8 +1085,9 @@ $$;
 
 -- Leases the batch due first for p_lease_seconds: a queued one, or one whose worker's lease ran
 -- out (its worker died or is too slow), which then counts as a failed attempt. Only a device's
--- oldest unfinished batch is taken, so a device's batches apply in the order it sent them. A
--- batch that lost p_max_attempts leases is dead instead.
+-- oldest queued batch is taken, and none while another of its batches is leased, so a device's
+-- batches apply one at a time in the order it sent them (a requeued batch takes its place again,
+-- before the ones not yet applied). A batch that lost p_max_attempts leases is dead instead.
 CREATE FUNCTION flex_sync_private.ingest_lease(p_lease_seconds integer, p_max_attempts integer)
 RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb, submitted_by name, submitted_claims text)
 LANGUAGE plpgsql
@@ -1058,7 +1098,9 @@ BEGIN
     UPDATE flex_sync_private.ingest_inbox i
     SET state = 'dead', leased_by = NULL, finished_at = clock_timestamp(),
         last_error = format('the lease ran out %s times (its worker died or took longer than the lease)', i.attempts)
-    WHERE i.state = 'leased' AND i.due_at <= clock_timestamp() AND i.attempts >= p_max_attempts;
+    WHERE i.id IN (SELECT c.id FROM flex_sync_private.ingest_inbox c
+                   WHERE c.state = 'leased' AND c.due_at <= clock_timestamp() AND c.attempts >= p_max_attempts
+                   FOR UPDATE SKIP LOCKED);
     RETURN QUERY
     UPDATE flex_sync_private.ingest_inbox i
     SET state = 'leased', fence = i.fence + 1, attempts = i.attempts + 1, leased_by = pg_backend_pid(),
@@ -1066,7 +1108,8 @@ BEGIN
     WHERE i.id = (SELECT c.id FROM flex_sync_private.ingest_inbox c
                   WHERE c.state IN ('queued', 'leased') AND c.due_at <= clock_timestamp()
                     AND NOT EXISTS (SELECT 1 FROM flex_sync_private.ingest_inbox e
-                                    WHERE e.device_id = c.device_id AND e.id < c.id AND e.state IN ('queued', 'leased'))
+                                    WHERE e.device_id = c.device_id AND e.id <> c.id
+                                      AND (e.state = 'leased' OR (e.state = 'queued' AND e.id < c.id)))
                   ORDER BY c.due_at, c.id
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED)
@@ -1108,7 +1151,8 @@ BEGIN
                     ELSE 'done' END;
     UPDATE flex_sync_private.ingest_inbox i
     SET state = v_state, leased_by = NULL, result = p_result, last_error = v_error,
-        submitted_claims = CASE WHEN v_state = 'queued' THEN i.submitted_claims END,
+        -- The claims are needed while the batch may run again (queued, or dead and requeued).
+        submitted_claims = CASE WHEN v_state <> 'done' THEN i.submitted_claims END,
         due_at = CASE WHEN v_state = 'queued' THEN clock_timestamp() + flex_sync_private.retry_delay(v_row.attempts) ELSE i.due_at END,
         finished_at = CASE WHEN v_state = 'queued' THEN NULL ELSE clock_timestamp() END
     WHERE i.id = p_id;
@@ -1137,7 +1181,6 @@ DECLARE
     v_message text;
     v_role text := pg_catalog.current_setting('role');
     v_claims text := coalesce(pg_catalog.current_setting('request.jwt.claims', true), '');
-    v_lock_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF max_batches IS NULL OR max_batches NOT BETWEEN 1 AND 100000
        OR lease_seconds IS NULL OR lease_seconds NOT BETWEEN 1 AND 86400
@@ -1156,10 +1199,11 @@ BEGIN
     -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
     COMMIT;
     FOR n IN 1 .. max_batches LOOP
-        -- The worker's own settings, whatever the last batch's code set for the session.
+        -- The worker's own settings, whatever the last batch's code set for the session (a setting
+        -- an RLS policy reads must not carry over to the next submitter's batch).
+        RESET ALL;
         PERFORM pg_catalog.set_config('role', v_role, false);
         PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, false);
-        PERFORM pg_catalog.set_config('lock_timeout', v_lock_timeout, false);
         SELECT * INTO v_lease FROM flex_sync_private.ingest_lease(lease_seconds, max_attempts);
         EXIT WHEN v_lease.id IS NULL;
         COMMIT;
@@ -1169,6 +1213,8 @@ BEGIN
             PERFORM pg_catalog.set_config('request.jwt.claims', coalesce(v_lease.submitted_claims, ''), true);
             PERFORM pg_catalog.set_config('role', v_lease.submitted_by, true);
             v_result := @extschema@.flex_sync_ingest(v_lease.device_id, v_lease.batch);
+            -- A second line of defence: an operation whose code changed the role already fails its
+            -- record's device check and is rolled back with the change.
             IF pg_catalog.current_setting('role') IS DISTINCT FROM v_lease.submitted_by::text THEN
                 RAISE EXCEPTION 'flex_sync: code inside inbox batch % changed the role it ran as', v_lease.id
                     USING ERRCODE = 'insufficient_privilege';

@@ -1,5 +1,6 @@
-//! The idempotent ingest (`sql/ingest.sql`): the operations are applied by set-based SQL; the
-//! order they are applied in and which failures a retry can help come from the pure core.
+//! The idempotent ingest (`sql/ingest.sql`): PL/pgSQL applies the operations, one savepoint
+//! each; the order they are applied in and which failures a retry can help come from the pure
+//! core.
 
 #[pgrx::pg_schema]
 mod flex_sync_private {

@@ -107,6 +107,7 @@ pub fn order(batch: &Value, links: &TableLinks) -> Result<Vec<Step>, BatchError>
     let parents = in_batch_parents(&parsed, links);
     let depth = upsert_depths(&parents, &mut problems);
     let table_depth = table_depths(links);
+    let deepest = table_depth.values().copied().max().unwrap_or(0);
 
     let mut keyed: Vec<(u8, usize, usize)> = parsed
         .iter()
@@ -114,7 +115,6 @@ pub fn order(batch: &Value, links: &TableLinks) -> Result<Vec<Step>, BatchError>
         .map(|(position, op)| match op {
             Ok(op) if op.action == Action::Delete && problems[position].is_none() => {
                 // Deeper tables reference shallower ones: their rows go first.
-                let deepest = table_depth.values().copied().max().unwrap_or(0);
                 (1, deepest - table_depth.get(op.table).copied().unwrap_or(0), position)
             }
             _ => (0, depth[position], position),
@@ -294,11 +294,12 @@ fn table_depths(links: &TableLinks) -> HashMap<&str, usize> {
 }
 
 /// Whether an operation that failed with this SQLSTATE may succeed if sent again unchanged: a
-/// serialization failure or deadlock, a lock not available, a lack of resources, a connection or
-/// operator intervention. Everything else (bad data, a constraint, a missing privilege) fails the
-/// same way every time.
+/// serialization failure or deadlock, a lock not available, a lack of resources, a connection
+/// (of a foreign table's server). Everything else (bad data, a constraint, a missing privilege)
+/// fails the same way every time. A cancel or a statement timeout is not an operation's failure:
+/// it ends the whole call.
 pub fn is_retryable(sqlstate: &str) -> bool {
-    const CLASSES: [&str; 4] = ["40", "53", "08", "57"];
+    const CLASSES: [&str; 3] = ["40", "53", "08"];
     sqlstate == "55P03" || sqlstate == PARENT_NOT_SYNCED || CLASSES.iter().any(|class| sqlstate.starts_with(class))
 }
 
@@ -504,7 +505,7 @@ mod tests {
 
     #[test]
     fn retryable_errors_are_the_ones_a_second_try_can_change() {
-        for state in ["40001", "40P01", "55P03", "53200", "08006", "57P01", PARENT_NOT_SYNCED] {
+        for state in ["40001", "40P01", "55P03", "53200", "08006", PARENT_NOT_SYNCED] {
             assert!(is_retryable(state), "{state}");
         }
         for state in ["23505", "23503", "23502", "22P02", "42703", "42501", "P0001", "428C9"] {

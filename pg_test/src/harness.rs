@@ -440,7 +440,12 @@ pub fn wait_for(what: &str, limit: std::time::Duration, mut condition: impl FnMu
 
 /// `CALL flex_sync_run_queue(args)`: the run's report.
 pub fn run_queue(client: &mut Client, args: &str) -> Value {
-    let messages = client.simple_query(&format!("CALL flex_sync_run_queue({args})")).unwrap();
+    call_for_report(client, &format!("CALL flex_sync_run_queue({args})"))
+}
+
+/// A `CALL` of a procedure whose last argument is `INOUT report jsonb`: that report.
+pub fn call_for_report(client: &mut Client, call: &str) -> Value {
+    let messages = client.simple_query(call).unwrap();
     let report = messages
         .iter()
         .find_map(|m| match m {

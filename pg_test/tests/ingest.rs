@@ -224,8 +224,8 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     // its own parent; a mapped row deleted on the server is not made again from part of it.
     client
         .batch_execute(
-            "CREATE TABLE categories (id uuid PRIMARY KEY, parent_id uuid REFERENCES categories, name text);
-             SELECT flex_sync_ingest_register('categories');",
+            "CREATE TABLE categories (id uuid PRIMARY KEY, parent_id uuid REFERENCES categories, name text UNIQUE);
+             SELECT flex_sync_ingest_register('categories', ARRAY['name']);",
         )
         .unwrap();
     let more = ingest(
@@ -239,6 +239,10 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     assert_eq!(more["results"][0]["retryable"], false, "{more}");
     assert!(more["results"][0]["error"].as_str().unwrap().starts_with("22023"), "{more}");
     assert_eq!(more["results"][1]["status"], "applied", "{more}");
+    assert_eq!(count(&mut client, "SELECT count(*) FROM categories WHERE parent_id = id"), 1);
+    // Another device's root meets the same row by its name, and stays its own parent.
+    let other = ingest(&mut client, "dev2", &json!([upsert("1", "categories", "top", json!({"parent_id": "top", "name": "all"}))]));
+    assert_eq!(other["results"][0]["server_id"], more["results"][1]["server_id"], "{other}");
     assert_eq!(count(&mut client, "SELECT count(*) FROM categories WHERE parent_id = id"), 1);
     client.batch_execute("DELETE FROM customers").unwrap();
     let gone = ingest(&mut client, "dev1", &json!([upsert("10", "customers", "c3", json!({"name": "Cy again"}))]));
@@ -258,7 +262,7 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     let null_device = client.query_one("SELECT flex_sync_ingest(NULL, '[]')", &[]).unwrap_err();
     assert_eq!(null_device.code().unwrap().code(), "22004");
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
-    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 10);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 11);
 }
 
 #[test]
@@ -446,15 +450,7 @@ fn submit(client: &mut Client, device: &str, batch: &Value) -> i64 {
 }
 
 fn work(client: &mut Client, args: &str) -> Value {
-    let messages = client.simple_query(&format!("CALL flex_sync_ingest_work({args})")).unwrap();
-    let report = messages
-        .iter()
-        .find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("CALL returns the report");
-    serde_json::from_str(&report).unwrap()
+    call_for_report(client, &format!("CALL flex_sync_ingest_work({args})"))
 }
 
 fn work_in_background(conninfo: &str, args: &str) -> std::thread::JoinHandle<Value> {
@@ -557,7 +553,7 @@ fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
     assert_eq!(work(&mut worker, ""), json!({"done": 0, "queued": 1, "dead": 0, "lost": 0}));
     let row = client
         .query_one(
-            "SELECT state, due_at > now() + interval '2 seconds', last_error LIKE 'FS001%' FROM flex_sync_ingest_inbox WHERE id = $1",
+            "SELECT state, due_at >= submitted_at + interval '2.5 seconds', last_error LIKE 'FS001%' FROM flex_sync_ingest_inbox WHERE id = $1",
             &[&child],
         )
         .unwrap();
@@ -583,6 +579,10 @@ fn a_retryable_failure_backs_off_a_batch_until_it_applies_or_dies_in_view() {
     let requeued: i32 = client.query_one("SELECT flex_sync_ingest_requeue($1)", &[&doomed]).unwrap().get(0);
     assert_eq!(requeued, 1);
     assert_eq!(inbox(&mut client, doomed), ("queued".to_string(), 0, 1));
+    // Sent again, it runs as its submitter again: still waiting for its parent, not refused.
+    assert_eq!(work(&mut worker, "")["queued"], 1);
+    let again: String = client.query_one("SELECT last_error FROM flex_sync_ingest_inbox WHERE id = $1", &[&doomed]).unwrap().get(0);
+    assert!(again.starts_with("FS001"), "{again}");
 }
 
 #[test]
@@ -626,4 +626,28 @@ fn the_worker_is_never_a_superuser_and_a_batch_that_changes_its_role_is_refused(
     assert_eq!(results, vec!["failed 42501: flex_sync: device dev1 belongs to another caller", "applied "]);
     assert_eq!(count(&mut client, "SELECT count(*) FROM products"), 0);
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
+}
+
+
+#[test]
+fn workers_started_at_the_same_moment_never_take_one_batch_twice() {
+    let (db, mut client) = setup("ingest_many_workers");
+    let ids: Vec<i64> = (0..24).map(|i| submit(&mut client, &format!("tab{i}"), &children_first(&format!("s{i}")))).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (barrier, conninfo) = (barrier.clone(), worker_conninfo(&db));
+            std::thread::spawn(move || {
+                let mut worker = Client::connect(&conninfo, NoTls).unwrap();
+                barrier.wait();
+                work(&mut worker, "")
+            })
+        })
+        .collect();
+    let done: i64 = workers.into_iter().map(|w| w.join().unwrap()["done"].as_i64().unwrap()).sum();
+    assert_eq!(done, 24);
+    for &id in &ids {
+        assert_eq!(inbox(&mut client, id), ("done".to_string(), 1, 1), "batch {id} was leased once");
+    }
+    assert_eq!(linked_swaps(&mut client).len(), 24);
 }
