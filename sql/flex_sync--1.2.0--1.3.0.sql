@@ -588,11 +588,6 @@ BEGIN
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'the server id of a device''s row is a uuid: give the table a primary key such as id uuid PRIMARY KEY DEFAULT gen_random_uuid()';
     END IF;
-    IF flex_sync_private.ingest_has_deferrable_checks(target) THEN
-        RAISE EXCEPTION 'flex_sync: % has deferrable constraints or constraint triggers', target
-            USING ERRCODE = 'invalid_table_definition',
-                  HINT = 'a deferred check runs at commit, after the savepoint of each operation, and would fail the whole batch: make them NOT DEFERRABLE';
-    END IF;
     IF natural_key IS NOT NULL THEN
         IF cardinality(natural_key) = 0 OR array_position(natural_key, NULL) IS NOT NULL THEN
             RAISE EXCEPTION 'flex_sync: natural_key must name at least one column, or be NULL'
@@ -637,18 +632,6 @@ BEGIN
     VALUES (v_name, target, natural_key)
     ON CONFLICT ON CONSTRAINT ingest_tables_target_key DO UPDATE SET natural_key = excluded.natural_key, name = excluded.name;
 END
-$$;
-
--- Whether a check of the table may be deferred to commit: a deferrable constraint or constraint
--- trigger on it.
-CREATE FUNCTION flex_sync_private.ingest_has_deferrable_checks(p_target regclass)
-RETURNS boolean
-LANGUAGE sql
-STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = p_target AND c.condeferrable)
-        OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_target AND t.tgdeferrable);
 $$;
 
 -- Devices may no longer write the table; its mappings stay (registering it again uses them).
@@ -723,7 +706,6 @@ AS $$
         'target', r.target::text,
         'id_column', r.id_column,
         'natural_key', to_jsonb(r.natural_key),
-        'deferrable', flex_sync_private.ingest_has_deferrable_checks(r.target),
         'columns', (SELECT coalesce(jsonb_agg(a.attname), '[]') FROM pg_attribute a
                     WHERE a.attrelid = r.target AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> r.id_column),
         'parents', (SELECT coalesce(jsonb_object_agg(fa.attname, p.name), '{}')
@@ -775,10 +757,11 @@ BEGIN
         'stored', NULL,
         'server_id', (SELECT m.server_id FROM flex_sync_private.ingest_id_map m
                       WHERE m.device_id = p_device_id AND m.table_name = p_table AND m.local_id = p_local_id),
-        'parents', (SELECT coalesce(jsonb_object_agg(p.key, m.server_id), '{}')
-                    FROM jsonb_each(p_parents) p
-                    LEFT JOIN flex_sync_private.ingest_id_map m
-                      ON m.device_id = p_device_id AND m.table_name = p.value ->> 0 AND m.local_id = p.value ->> 1));
+        -- One probe of the map's key per parent: a join would let the planner scan the whole map.
+        'parents', (SELECT coalesce(jsonb_object_agg(p.key, (SELECT m.server_id FROM flex_sync_private.ingest_id_map m
+                                                              WHERE m.device_id = p_device_id AND m.table_name = p.value ->> 0
+                                                                AND m.local_id = p.value ->> 1)), '{}')
+                    FROM jsonb_each(p_parents) p));
 END
 $$;
 
@@ -828,10 +811,11 @@ DECLARE
 BEGIN
     PERFORM flex_sync_private.ingest_admit(p_device_id);
     IF NOT v_retryable THEN
-        -- Another transaction that took the operation after this one let it go keeps its result.
-        INSERT INTO flex_sync_private.ingest_operations (device_id, op_id, result)
+        -- Another transaction that took the operation after this one let it go keeps its result;
+        -- a claim left without one (a direct call of ingest_claim) gets this one.
+        INSERT INTO flex_sync_private.ingest_operations AS o (device_id, op_id, result)
         VALUES (p_device_id, p_op ->> 'op_id', v_result)
-        ON CONFLICT DO NOTHING;
+        ON CONFLICT (device_id, op_id) DO UPDATE SET result = excluded.result WHERE o.result IS NULL;
     END IF;
     RETURN v_result;
 END
@@ -883,11 +867,6 @@ BEGIN
         RAISE EXCEPTION '%', p_problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_target := (p_table ->> 'target')::regclass;
-    IF (p_table ->> 'deferrable')::boolean THEN
-        RAISE EXCEPTION 'table % has gained deferrable constraints or constraint triggers since it was registered', v_name
-            USING ERRCODE = 'invalid_table_definition',
-                  HINT = 'a deferred check runs at commit, after the savepoint of each operation: make them NOT DEFERRABLE';
-    END IF;
     v_server_id := v_claim ->> 'server_id';
     IF p_op ->> 'action' = 'delete' THEN
         IF v_server_id IS NOT NULL THEN
@@ -918,10 +897,10 @@ BEGIN
             IF jsonb_typeof(v_claim -> 'parents' -> v_column) = 'string' THEN
                 v_data := jsonb_set(v_data, ARRAY[v_column], v_claim -> 'parents' -> v_column);
             ELSIF v_server_id IS NULL AND v_parents -> v_column = jsonb_build_array(v_name, v_local_id) THEN
-                -- A new row that names itself is its own parent: set once the row has its id
-                -- (which may be the id of the row its natural key meets).
+                -- A new row that names itself is its own parent: the id it is about to get, or the
+                -- id of the row its natural key meets.
                 v_self_columns := v_self_columns || v_column;
-                v_data := jsonb_set(v_data, ARRAY[v_column], 'null');
+                v_data := jsonb_set(v_data, ARRAY[v_column], to_jsonb(v_new_id));
             ELSE
                 RAISE EXCEPTION '%:% (its %) has not been synced by device % yet',
                                 v_parents -> v_column ->> 0, v_parents -> v_column ->> 1, v_column, p_device_id
@@ -954,7 +933,9 @@ BEGIN
                 v_conflict := format(' ON CONFLICT (%s) DO UPDATE SET %s',
                     (SELECT string_agg(quote_ident(k), ', ') FROM jsonb_array_elements_text(p_table -> 'natural_key') k),
                     format('(%s) = ROW(%s)', (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_columns) c),
-                           (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(v_columns) c)));
+                           (SELECT string_agg(CASE WHEN c = ANY (v_self_columns) THEN 't.' || quote_ident(v_id_column)
+                                                   ELSE 'excluded.' || quote_ident(c) END, ', ')
+                            FROM unnest(v_columns) c)));
             END IF;
             EXECUTE format('INSERT INTO %1$s AS t (%2$I%3$s) SELECT $1%4$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r%5$s RETURNING t.%2$I',
                            v_target, v_id_column,
@@ -963,12 +944,6 @@ BEGIN
                            coalesce(v_conflict, ''))
                 USING v_new_id, v_data
                 INTO v_server_id;
-            IF cardinality(v_self_columns) > 0 THEN
-                EXECUTE format('UPDATE %1$s AS t SET (%2$s) = ROW(%3$s) WHERE t.%4$I = $1',
-                               v_target, (SELECT string_agg(quote_ident(c), ', ') FROM unnest(v_self_columns) c),
-                               (SELECT string_agg('$1', ', ') FROM unnest(v_self_columns) c), v_id_column)
-                    USING v_server_id;
-            END IF;
         END IF;
     END IF;
     v_result := jsonb_build_object('op_id', v_op_id, 'status', 'applied', 'server_id', v_server_id, 'error', NULL, 'retryable', false);
@@ -1013,6 +988,9 @@ DECLARE
 BEGIN
     PERFORM flex_sync_private.ingest_check_arguments(device_id, batch);
     PERFORM flex_sync_private.ingest_admit(device_id);
+    -- A deferred check would run at commit, after every operation's savepoint, and fail the whole
+    -- batch: each is checked where its operation stands (the caller's pending ones too, now).
+    SET CONSTRAINTS ALL IMMEDIATE;
     v_catalog := flex_sync_private.ingest_catalog();
     SELECT coalesce(array_agg(o.position ORDER BY o.step), '{}'), coalesce(array_agg(o.problem ORDER BY o.step), '{}')
     INTO v_positions, v_problems
@@ -1086,8 +1064,9 @@ $$;
 -- Leases the batch due first for p_lease_seconds: a queued one, or one whose worker's lease ran
 -- out (its worker died or is too slow), which then counts as a failed attempt. Only a device's
 -- oldest queued batch is taken, and none while another of its batches is leased, so a device's
--- batches apply one at a time in the order it sent them (a requeued batch takes its place again,
--- before the ones not yet applied). A batch that lost p_max_attempts leases is dead instead.
+-- batches apply one at a time in the order they were submitted (a requeued batch takes its
+-- place again, before the ones not yet applied). A batch that lost p_max_attempts leases is dead
+-- instead.
 CREATE FUNCTION flex_sync_private.ingest_lease(p_lease_seconds integer, p_max_attempts integer)
 RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb, submitted_by name, submitted_claims text)
 LANGUAGE plpgsql
@@ -1095,6 +1074,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Workers lease one at a time (until the lease commits), each statement after this on a
+    -- snapshot that sees every lease made before: two batches of a device are never leased at
+    -- once. 'FLXI': the ingest's own class of advisory locks.
+    PERFORM pg_advisory_xact_lock(x'464C5849'::integer, 0);
     UPDATE flex_sync_private.ingest_inbox i
     SET state = 'dead', leased_by = NULL, finished_at = clock_timestamp(),
         last_error = format('the lease ran out %s times (its worker died or took longer than the lease)', i.attempts)
@@ -1107,9 +1090,12 @@ BEGIN
         due_at = clock_timestamp() + make_interval(secs => p_lease_seconds)
     WHERE i.id = (SELECT c.id FROM flex_sync_private.ingest_inbox c
                   WHERE c.state IN ('queued', 'leased') AND c.due_at <= clock_timestamp()
-                    AND NOT EXISTS (SELECT 1 FROM flex_sync_private.ingest_inbox e
-                                    WHERE e.device_id = c.device_id AND e.id <> c.id
-                                      AND (e.state = 'leased' OR (e.state = 'queued' AND e.id < c.id)))
+                    -- A lease that ran out is the device's batch in hand: taken over first.
+                    AND (c.state = 'queued' OR c.attempts < p_max_attempts)
+                    AND (c.state = 'leased'
+                         OR NOT EXISTS (SELECT 1 FROM flex_sync_private.ingest_inbox e
+                                        WHERE e.device_id = c.device_id AND e.id <> c.id
+                                          AND (e.state = 'leased' OR (e.state = 'queued' AND e.id < c.id))))
                   ORDER BY c.due_at, c.id
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED)
@@ -1199,8 +1185,8 @@ BEGIN
     -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
     COMMIT;
     FOR n IN 1 .. max_batches LOOP
-        -- The worker's own settings, whatever the last batch's code set for the session (a setting
-        -- an RLS policy reads must not carry over to the next submitter's batch).
+        -- The worker's own settings (its role's and database's defaults: what the caller SET before
+        -- the CALL is not kept), whatever a batch's code set for the session.
         RESET ALL;
         PERFORM pg_catalog.set_config('role', v_role, false);
         PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, false);
@@ -1219,6 +1205,9 @@ BEGIN
                 RAISE EXCEPTION 'flex_sync: code inside inbox batch % changed the role it ran as', v_lease.id
                     USING ERRCODE = 'insufficient_privilege';
             END IF;
+            -- Nothing the batch's code set for the session reaches what runs next as the worker
+            -- (the settle, the commit, the next lease); RESET ALL leaves the role to be restored.
+            RESET ALL;
             PERFORM pg_catalog.set_config('role', v_role, true);
             PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, true);
             v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence, v_result, NULL, NULL, max_attempts);

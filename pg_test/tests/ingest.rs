@@ -244,7 +244,24 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     let other = ingest(&mut client, "dev2", &json!([upsert("1", "categories", "top", json!({"parent_id": "top", "name": "all"}))]));
     assert_eq!(other["results"][0]["server_id"], more["results"][1]["server_id"], "{other}");
     assert_eq!(count(&mut client, "SELECT count(*) FROM categories WHERE parent_id = id"), 1);
+    // A deferred foreign key is checked where its operation stands: it fails alone, the batch
+    // commits.
+    client
+        .batch_execute(
+            "CREATE TABLE notes (id uuid PRIMARY KEY, customer_id uuid REFERENCES customers DEFERRABLE INITIALLY DEFERRED, body text);
+             SELECT flex_sync_ingest_register('notes');",
+        )
+        .unwrap();
     client.batch_execute("DELETE FROM customers").unwrap();
+    let deferred = ingest(
+        &mut client,
+        "dev1",
+        &json!([upsert("11", "notes", "n1", json!({"customer_id": "c3", "body": "for a customer deleted on the server"})),
+                upsert("12", "notes", "n2", json!({"body": "for no one"}))]),
+    );
+    assert!(deferred["results"][0]["error"].as_str().unwrap().starts_with("23503"), "{deferred}");
+    assert_eq!(deferred["results"][1]["status"], "applied", "{deferred}");
+    assert_eq!(strings(&mut client, "SELECT body FROM notes", &[]), vec!["for no one"]);
     let gone = ingest(&mut client, "dev1", &json!([upsert("10", "customers", "c3", json!({"name": "Cy again"}))]));
     assert_eq!(gone["results"][0]["retryable"], false, "{gone}");
     assert!(gone["results"][0]["error"].as_str().unwrap().starts_with("P0002"), "{gone}");
@@ -262,7 +279,7 @@ fn operations_that_cannot_apply_fail_alone_with_their_reason() {
     let null_device = client.query_one("SELECT flex_sync_ingest(NULL, '[]')", &[]).unwrap_err();
     assert_eq!(null_device.code().unwrap().code(), "22004");
     assert_eq!(count(&mut client, "SELECT count(*) FROM customers"), 1);
-    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 11);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM flex_sync_private.ingest_operations"), 13);
 }
 
 #[test]

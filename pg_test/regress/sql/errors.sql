@@ -93,8 +93,6 @@ CREATE TABLE ingest_other.ingest_parent (id uuid PRIMARY KEY);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register(NULL)$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_view')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_serial')$$);
-CREATE TABLE ingest_deferred (id uuid PRIMARY KEY, parent uuid REFERENCES ingest_deferred DEFERRABLE INITIALLY DEFERRED);
-SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_deferred')$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['imei'])$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY[]::text[])$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['id'])$$);
@@ -131,7 +129,7 @@ SELECT pg_temp.attempt($$CALL flex_sync_ingest_work()$$);
 SELECT count(*) AS ingested_rows FROM ingest_parent;
 SELECT count(*) AS recorded_operations FROM flex_sync_private.ingest_operations;
 SELECT count(*) AS inbox_batches FROM flex_sync_ingest_inbox;
-DROP TABLE ingest_parent, ingest_serial, ingest_split, ingest_deferred, ingest_other.ingest_parent CASCADE;
+DROP TABLE ingest_parent, ingest_serial, ingest_split, ingest_other.ingest_parent CASCADE;
 DROP SCHEMA ingest_other;
 DELETE FROM flex_sync_private.ingest_tables;
 -- Leave the database as it was for the next file.
