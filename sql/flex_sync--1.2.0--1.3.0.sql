@@ -498,9 +498,10 @@ CREATE TABLE flex_sync_private.ingest_devices (
 );
 SELECT pg_catalog.pg_extension_config_dump('flex_sync_private.ingest_devices', '');
 
--- Every operation taken, with the result its device was given. `result` is NULL only inside the
--- transaction that is applying it; an operation that failed in a way a retry can help is not
--- kept, so the retry applies it.
+-- Every operation taken, with the result its device was given. `result` is NULL inside the
+-- transaction that is applying it (and where a direct call of ingest_claim committed without
+-- applying: the next claim applies it); an operation that failed in a way a retry can help is
+-- not kept, so the retry applies it.
 CREATE TABLE flex_sync_private.ingest_operations (
     device_id  text NOT NULL,
     op_id      text NOT NULL,
@@ -620,6 +621,22 @@ BEGIN
             RAISE EXCEPTION 'flex_sync: % has no unique index on exactly (%)', target, array_to_string(natural_key, ', ')
                 USING ERRCODE = 'invalid_column_reference',
                       HINT = 'two devices creating one natural key must meet one row: create a unique constraint on these columns (valid, not partial, not deferrable, not NULLS NOT DISTINCT)';
+        END IF;
+        -- ON CONFLICT takes every unique index on those columns as its arbiter, and refuses a
+        -- deferrable one.
+        IF EXISTS (
+            SELECT 1 FROM pg_index i
+            WHERE i.indrelid = target AND i.indisunique AND NOT i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indnkeyatts = cardinality(natural_key)
+              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+                   JOIN pg_attribute a ON a.attrelid = target AND a.attnum = k.attnum
+                   WHERE k.n <= i.indnkeyatts)
+                  = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k)
+        ) THEN
+            RAISE EXCEPTION 'flex_sync: % has a deferrable unique constraint on its natural key (%)', target, array_to_string(natural_key, ', ')
+                USING ERRCODE = 'invalid_column_reference',
+                      HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: drop it, the immediate one is enough';
         END IF;
     END IF;
     SELECT t.target INTO v_other FROM flex_sync_private.ingest_tables t
@@ -747,8 +764,14 @@ BEGIN
     IF NOT FOUND THEN
         SELECT o.result INTO v_stored FROM flex_sync_private.ingest_operations o
         WHERE o.device_id = p_device_id AND o.op_id = p_op_id;
-        -- A row without a result was taken by a claim that committed without applying (a direct
-        -- call of this helper): the operation was never applied.
+        IF v_stored IS NULL THEN
+            -- Taken by a claim that committed without applying (a direct call of this helper):
+            -- the operation was never applied. Locked, so that two calls do not both apply it;
+            -- the second reads the first's result once it commits.
+            SELECT o.result INTO v_stored FROM flex_sync_private.ingest_operations o
+            WHERE o.device_id = p_device_id AND o.op_id = p_op_id
+            FOR UPDATE;
+        END IF;
         IF v_stored IS NOT NULL THEN
             RETURN jsonb_build_object('stored', v_stored);
         END IF;
@@ -1063,10 +1086,10 @@ $$;
 
 -- Leases the batch due first for p_lease_seconds: a queued one, or one whose worker's lease ran
 -- out (its worker died or is too slow), which then counts as a failed attempt. Only a device's
--- oldest queued batch is taken, and none while another of its batches is leased, so a device's
--- batches apply one at a time in the order they were submitted (a requeued batch takes its
--- place again, before the ones not yet applied). A batch that lost p_max_attempts leases is dead
--- instead.
+-- oldest queued batch is taken, and none while another of its batches is leased (a lease that
+-- ran out is taken over first), so a device's batches apply one at a time in the order they were
+-- submitted (a requeued batch goes before the queued ones). A batch that lost p_max_attempts
+-- leases is dead instead.
 CREATE FUNCTION flex_sync_private.ingest_lease(p_lease_seconds integer, p_max_attempts integer)
 RETURNS TABLE (id bigint, fence bigint, device_id text, batch jsonb, submitted_by name, submitted_claims text)
 LANGUAGE plpgsql
@@ -1077,6 +1100,11 @@ BEGIN
     -- Workers lease one at a time (until the lease commits), each statement after this on a
     -- snapshot that sees every lease made before: two batches of a device are never leased at
     -- once. 'FLXI': the ingest's own class of advisory locks.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'flex_sync: the inbox''s worker runs in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'each lease must see the leases committed before it: reset default_transaction_isolation for the worker''s role';
+    END IF;
     PERFORM pg_advisory_xact_lock(x'464C5849'::integer, 0);
     UPDATE flex_sync_private.ingest_inbox i
     SET state = 'dead', leased_by = NULL, finished_at = clock_timestamp(),
@@ -1185,14 +1213,15 @@ BEGIN
     -- Inside a transaction block the leases could not be committed: refused (2D000) before any.
     COMMIT;
     FOR n IN 1 .. max_batches LOOP
-        -- The worker's own settings (its role's and database's defaults: what the caller SET before
-        -- the CALL is not kept), whatever a batch's code set for the session.
+        -- The worker's own settings (the session's defaults, with the caller's role and JWT claims:
+        -- nothing else it SET before the CALL is kept), whatever a batch's code set.
         RESET ALL;
         PERFORM pg_catalog.set_config('role', v_role, false);
         PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, false);
         SELECT * INTO v_lease FROM flex_sync_private.ingest_lease(lease_seconds, max_attempts);
-        EXIT WHEN v_lease.id IS NULL;
+        -- Committed either way: the lease step's advisory lock ends with its transaction.
         COMMIT;
+        EXIT WHEN v_lease.id IS NULL;
         BEGIN
             -- Ended with the block: its abort, or the COMMIT after it, puts the worker's back.
             PERFORM pg_catalog.set_config('lock_timeout', (lease_seconds * 1000)::text, true);
@@ -1208,6 +1237,8 @@ BEGIN
             -- Nothing the batch's code set for the session reaches what runs next as the worker
             -- (the settle, the commit, the next lease); RESET ALL leaves the role to be restored.
             RESET ALL;
+            -- Checks the batch's code deferred are made here, where a failure fails the batch.
+            SET CONSTRAINTS ALL IMMEDIATE;
             PERFORM pg_catalog.set_config('role', v_role, true);
             PERFORM pg_catalog.set_config('request.jwt.claims', v_claims, true);
             v_state := flex_sync_private.ingest_settle(v_lease.id, v_lease.fence, v_result, NULL, NULL, max_attempts);

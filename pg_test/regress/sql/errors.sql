@@ -100,6 +100,10 @@ SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY
 CREATE UNIQUE INDEX ingest_parent_code ON ingest_parent (code) NULLS NOT DISTINCT;
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
 DROP INDEX ingest_parent_code;
+ALTER TABLE ingest_parent ADD CONSTRAINT ingest_parent_code_once UNIQUE (code),
+                          ADD CONSTRAINT ingest_parent_code_later UNIQUE (code) DEFERRABLE;
+SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
+ALTER TABLE ingest_parent DROP CONSTRAINT ingest_parent_code_once, DROP CONSTRAINT ingest_parent_code_later;
 CREATE UNIQUE INDEX ingest_parent_code ON ingest_parent (code) INCLUDE (id);
 SELECT pg_temp.attempt($$SELECT flex_sync_ingest_register('ingest_parent', ARRAY['code'])$$);
 CREATE TABLE ingest_split (id uuid PRIMARY KEY) PARTITION BY HASH (id);
