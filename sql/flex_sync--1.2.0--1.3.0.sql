@@ -560,6 +560,8 @@ DECLARE
     v_name name;
     v_id_column name;
     v_missing text;
+    v_usable_index boolean;
+    v_deferrable_index boolean;
     v_other regclass;
 BEGIN
     IF target IS NULL THEN
@@ -605,35 +607,26 @@ BEGIN
             RAISE EXCEPTION 'flex_sync: the natural key of % cannot contain its server id %', target, quote_ident(v_id_column)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        -- ON CONFLICT needs a valid, plain unique index whose key is exactly these columns to find
-        -- the one row. With NULLS NOT DISTINCT a key with a NULL would be a unique violation
-        -- instead of a row to meet.
-        IF NOT EXISTS (
-            SELECT 1 FROM pg_index i
-            WHERE i.indrelid = target AND i.indisunique AND i.indisvalid AND i.indimmediate AND i.indpred IS NULL
-              AND i.indexprs IS NULL AND NOT i.indnullsnotdistinct AND i.indnkeyatts = cardinality(natural_key)
-              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
-                   JOIN pg_attribute a ON a.attrelid = target AND a.attnum = k.attnum
-                   WHERE k.n <= i.indnkeyatts)
-                  = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k)
-        ) THEN
+        -- The unique indexes whose key is exactly these columns. ON CONFLICT needs a valid, plain,
+        -- immediate one to find the one row (with NULLS NOT DISTINCT a key with a NULL would be a
+        -- unique violation instead of a row to meet), and takes every one as its arbiter, so a
+        -- deferrable one beside it is refused.
+        SELECT bool_or(i.indisvalid AND i.indimmediate AND NOT i.indnullsnotdistinct), bool_or(NOT i.indimmediate)
+        INTO v_usable_index, v_deferrable_index
+        FROM pg_index i
+        WHERE i.indrelid = target AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+          AND i.indnkeyatts = cardinality(natural_key)
+          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+               FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+               JOIN pg_attribute a ON a.attrelid = target AND a.attnum = k.attnum
+               WHERE k.n <= i.indnkeyatts)
+              = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k);
+        IF NOT coalesce(v_usable_index, false) THEN
             RAISE EXCEPTION 'flex_sync: % has no unique index on exactly (%)', target, array_to_string(natural_key, ', ')
                 USING ERRCODE = 'invalid_column_reference',
                       HINT = 'two devices creating one natural key must meet one row: create a unique constraint on these columns (valid, not partial, not deferrable, not NULLS NOT DISTINCT)';
         END IF;
-        -- ON CONFLICT takes every unique index on those columns as its arbiter, and refuses a
-        -- deferrable one.
-        IF EXISTS (
-            SELECT 1 FROM pg_index i
-            WHERE i.indrelid = target AND i.indisunique AND NOT i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
-              AND i.indnkeyatts = cardinality(natural_key)
-              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
-                   JOIN pg_attribute a ON a.attrelid = target AND a.attnum = k.attnum
-                   WHERE k.n <= i.indnkeyatts)
-                  = (SELECT array_agg(DISTINCT k ORDER BY k) FROM unnest(natural_key) k)
-        ) THEN
+        IF v_deferrable_index THEN
             RAISE EXCEPTION 'flex_sync: % has a deferrable unique constraint on its natural key (%)', target, array_to_string(natural_key, ', ')
                 USING ERRCODE = 'invalid_column_reference',
                       HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: drop it, the immediate one is enough';
