@@ -1,8 +1,146 @@
 -- flex_sync 1.2.0 to 1.3.0: the source-preserving merge (flex_sync_merge, its watermarks,
 -- conflicts, audit and log), the idempotent ingest (flex_sync_ingest_register, flex_sync_ingest,
 -- its id map, operation record and inbox with leased workers) and their rules from the pure core
--- (flex_sync_private.guard_hold_reason, ingest_order, ingest_retryable).
+-- (flex_sync_private.guard_hold_reason, ingest_order, ingest_retryable), and a cheaper
+-- no-change sync (flex_sync_private.pair_unique_indexes, the default rules).
 -- Objects are created exactly as a fresh 1.3.0 install creates them.
+
+-- The default rules, cheaper: desired_crew() in SQL (the planner inlines it into the read of a
+-- crew call) and authorize() without a sub-select planned again on every call. An overridable
+-- rule is replaced only while it is still the released default: a rule its owner replaced is
+-- kept as it is.
+DO $upgrade$
+BEGIN
+    IF (SELECT md5(prosrc) FROM pg_catalog.pg_proc WHERE oid = 'flex_sync_private.desired_crew(uuid, text)'::regprocedure) = '7ce9d1a41d983867a7e6b172ded02a27' THEN
+        EXECUTE $rule$
+CREATE OR REPLACE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
+RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT ja.technician_id, btrim(p.flex_resource_id), r.role_code
+    FROM public.job_assignments ja
+    JOIN public.profiles p ON p.id = ja.technician_id
+    CROSS JOIN LATERAL (
+        SELECT nullif(btrim(CASE p_department
+                                WHEN 'sound' THEN ja.sound_role
+                                WHEN 'lights' THEN ja.lights_role
+                                WHEN 'video' THEN ja.video_role
+                            END), '') AS role_code
+    ) r
+    WHERE ja.job_id = p_job_id
+      AND coalesce(btrim(p.flex_resource_id), '') <> ''
+      AND ja.status::text IS DISTINCT FROM 'declined'
+      AND (r.role_code IS NOT NULL
+           OR (ja.sound_role IS NULL AND ja.lights_role IS NULL AND ja.video_role IS NULL
+               AND lower(btrim(p.department)) = p_department))
+$$;
+$rule$;
+    END IF;
+    IF (SELECT md5(prosrc) FROM pg_catalog.pg_proc WHERE oid = 'flex_sync_private.authorize()'::regprocedure) = '6009a6d5e06b67d0ee6cad5b40a91d28' THEN
+        EXECUTE $rule$
+CREATE OR REPLACE FUNCTION flex_sync_private.authorize()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller text := nullif(current_setting('role'), 'none');
+BEGIN
+    IF caller = 'anon' THEN
+        RAISE EXCEPTION 'flex_sync: anonymous callers may not sync'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'sign in as an admin or management user';
+    END IF;
+    -- The role is tested on its own: in one expression joined by AND, the plan cache would plan
+    -- the sub-select again on every call of any other caller (a custom plan folds it away, so it
+    -- always looks cheaper than the generic one).
+    IF caller = 'authenticated' THEN
+        IF NOT EXISTS (
+            SELECT 1 FROM public.profiles p
+            WHERE p.id::text = nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+              AND p.role IN ('admin', 'management')
+        ) THEN
+            RAISE EXCEPTION 'flex_sync: only admin or management users may sync'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'the profile of the signed-in user needs role admin or management';
+        END IF;
+    END IF;
+END
+$$;
+$rule$;
+    END IF;
+END
+$upgrade$;
+
+-- The unique-index check the sync makes on every call, in SQL so that it is inlined; the
+-- plpgsql function that raises for a deferrable one is built on it.
+CREATE FUNCTION flex_sync_private.pair_unique_indexes()
+RETURNS TABLE (index_name name, immediate boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.relname, i.indimmediate
+    FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = pg_catalog.to_regclass('public.flex_crew_assignments')
+      AND i.indisunique AND i.indisvalid
+      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
+      AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum IN (i.indkey[0], i.indkey[1])
+             AND a.attname IN ('crew_call_id', 'technician_id')) = 2
+$$;
+
+CREATE OR REPLACE FUNCTION flex_sync_private.pair_unique_index()
+RETURNS name
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found      name;
+    usable     boolean;
+BEGIN
+    SELECT u.index_name, u.immediate INTO found, usable
+    FROM flex_sync_private.pair_unique_indexes() u
+    ORDER BY u.immediate, u.index_name
+    LIMIT 1;
+    IF NOT usable THEN
+        RAISE EXCEPTION 'the unique constraint % on flex_crew_assignments (crew_call_id, technician_id) is deferrable', found
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE '
+                         'flex_crew_assignments DROP CONSTRAINT <name>, ADD UNIQUE (crew_call_id, technician_id)';
+    END IF;
+    RETURN found;
+END
+$$;
+
+-- The settings in SQL too (inlined into call_context.sql), Vault read by a function of its own
+-- only when it is needed. The function returns a set now, so it is made again.
+CREATE FUNCTION flex_sync_private.vault_secret(p_name text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found text;
+BEGIN
+    IF to_regclass('vault.decrypted_secrets') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1' INTO found USING p_name;
+    RETURN found;
+END
+$$;
+
+DROP FUNCTION flex_sync_private.effective_settings();
+CREATE FUNCTION flex_sync_private.effective_settings()
+RETURNS TABLE (base_url text, api_token text, options jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT s.base_url,
+           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL THEN t.api_token END,
+                    flex_sync_private.vault_secret(coalesce(s.options ->> 'api_token_vault_secret', 'flex_api_token'))),
+           s.options
+    FROM (VALUES (1)) AS one (n)
+    LEFT JOIN flex_sync_private.settings s ON true
+    LEFT JOIN flex_sync_private.api_token t ON true
+$$;
 
 -- The source-preserving merge: flex_sync_merge() brings the rows of a source relation (a staging
 -- table loaded with COPY, a view, a foreign table) into a target table on behalf of one owner.

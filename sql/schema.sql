@@ -94,12 +94,29 @@ SELECT s.base_url,
 FROM flex_sync_private.settings s
 LEFT JOIN flex_sync_private.api_token t ON true;
 
--- The unique index on flex_crew_assignments (crew_call_id, technician_id), whatever its name:
+-- The unique indexes on flex_crew_assignments (crew_call_id, technician_id), whatever their names:
 -- unique, valid (not left half-built, nor a partitioned table's index not yet on every
 -- partition), on exactly those two key columns (INCLUDE columns allowed), without predicate or
--- expression. NULL when there is none: the sync refuses to run without one, the dedupe makes it.
--- A deferrable one is refused here, for the sync and the dedupe alike: ON CONFLICT refuses every
--- arbiter once one of them is deferrable, so no index added beside it would help.
+-- expression; none when the table has none. One SQL query without a SET clause, so that the
+-- planner inlines it into the sync's first statement (check_call.sql).
+CREATE FUNCTION flex_sync_private.pair_unique_indexes()
+RETURNS TABLE (index_name name, immediate boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.relname, i.indimmediate
+    FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = pg_catalog.to_regclass('public.flex_crew_assignments')
+      AND i.indisunique AND i.indisvalid
+      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
+      AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum IN (i.indkey[0], i.indkey[1])
+             AND a.attname IN ('crew_call_id', 'technician_id')) = 2
+$$;
+
+-- The one of them ON CONFLICT (crew_call_id, technician_id) can use; NULL when there is none: the
+-- sync refuses to run without one, the dedupe makes it. A deferrable one is refused here, for
+-- the sync and the dedupe alike: ON CONFLICT refuses every arbiter once one of them is
+-- deferrable, so no index added beside it would help.
 CREATE FUNCTION flex_sync_private.pair_unique_index()
 RETURNS name
 LANGUAGE plpgsql STABLE
@@ -107,20 +124,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found      name;
-    immediate  boolean;
+    usable     boolean;
 BEGIN
-    SELECT c.relname, i.indimmediate INTO found, immediate
-    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-    WHERE i.indrelid = to_regclass('public.flex_crew_assignments')
-      AND i.indisunique AND i.indisvalid
-      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
-      AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-           FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
-           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-           WHERE k.position <= i.indnkeyatts) = ARRAY['crew_call_id', 'technician_id']
-    ORDER BY i.indimmediate, c.relname
+    SELECT u.index_name, u.immediate INTO found, usable
+    FROM flex_sync_private.pair_unique_indexes() u
+    ORDER BY u.immediate, u.index_name
     LIMIT 1;
-    IF NOT immediate THEN
+    IF NOT usable THEN
         RAISE EXCEPTION 'the unique constraint % on flex_crew_assignments (crew_call_id, technician_id) is deferrable', found
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'INSERT ... ON CONFLICT cannot use a deferrable constraint: replace it, e.g. ALTER TABLE '
@@ -134,13 +144,13 @@ $$;
 -- Default: a non-empty flex_resource_id, an assignment that is not declined, and either a role
 -- for the department or no role at all and the profile's department equal to it.
 -- Replace it with CREATE OR REPLACE FUNCTION to change the rule (README: "confirmed only").
+-- One SQL query without a SET clause, which the planner inlines into the sync's read of the crew
+-- call (load_crew.sql); it runs inside flex_sync_job, whose search_path is pinned, and names every
+-- table with its schema.
 CREATE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
 RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE
 AS $$
-BEGIN
-    RETURN QUERY
     SELECT ja.technician_id, btrim(p.flex_resource_id), r.role_code
     FROM public.job_assignments ja
     JOIN public.profiles p ON p.id = ja.technician_id
@@ -156,31 +166,42 @@ BEGIN
       AND ja.status::text IS DISTINCT FROM 'declined'
       AND (r.role_code IS NOT NULL
            OR (ja.sound_role IS NULL AND ja.lights_role IS NULL AND ja.video_role IS NULL
-               AND lower(btrim(p.department)) = p_department));
-END
+               AND lower(btrim(p.department)) = p_department))
 $$;
 
--- The settings a sync runs with. The token is read at call time from the Supabase Vault secret
--- the option api_token_vault_secret names; without that option, from the token stored by
--- flex_sync_configure, else from the Vault secret 'flex_api_token' where Vault is installed.
-CREATE FUNCTION flex_sync_private.effective_settings(OUT base_url text, OUT api_token text, OUT options jsonb)
+-- A Supabase Vault secret by name; NULL without Vault or without the secret.
+CREATE FUNCTION flex_sync_private.vault_secret(p_name text)
+RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    secret text;
+    found text;
 BEGIN
-    SELECT s.base_url, s.options INTO base_url, options FROM flex_sync_private.settings s;
-    secret := options ->> 'api_token_vault_secret';
-    IF secret IS NULL THEN
-        SELECT t.api_token INTO api_token FROM flex_sync_private.api_token t;
-        secret := 'flex_api_token';
+    IF to_regclass('vault.decrypted_secrets') IS NULL THEN
+        RETURN NULL;
     END IF;
-    IF api_token IS NULL AND to_regclass('vault.decrypted_secrets') IS NOT NULL THEN
-        EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1'
-            INTO api_token USING secret;
-    END IF;
+    EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1' INTO found USING p_name;
+    RETURN found;
 END
+$$;
+
+-- The settings a sync runs with, one row (NULLs where flex_sync is not configured). The token is
+-- read at call time from the Supabase Vault secret the option api_token_vault_secret names;
+-- without that option, from the token stored by flex_sync_configure, else from the Vault secret
+-- 'flex_api_token' where Vault is installed. One SQL query without a SET clause, so that the
+-- planner inlines it into the sync's call_context.sql; Vault is read only when it is needed.
+CREATE FUNCTION flex_sync_private.effective_settings()
+RETURNS TABLE (base_url text, api_token text, options jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT s.base_url,
+           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL THEN t.api_token END,
+                    flex_sync_private.vault_secret(coalesce(s.options ->> 'api_token_vault_secret', 'flex_api_token'))),
+           s.options
+    FROM (VALUES (1)) AS one (n)
+    LEFT JOIN flex_sync_private.settings s ON true
+    LEFT JOIN flex_sync_private.api_token t ON true
 $$;
 
 -- Creates the application tables the sync reads and writes where they are missing. They are not
@@ -243,19 +264,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     caller text := nullif(current_setting('role'), 'none');
-    subject text := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
 BEGIN
     IF caller = 'anon' THEN
         RAISE EXCEPTION 'flex_sync: anonymous callers may not sync'
             USING ERRCODE = 'insufficient_privilege', HINT = 'sign in as an admin or management user';
     END IF;
-    IF caller = 'authenticated' AND NOT EXISTS (
-        SELECT 1 FROM public.profiles p
-        WHERE p.id::text = subject AND p.role IN ('admin', 'management')
-    ) THEN
-        RAISE EXCEPTION 'flex_sync: only admin or management users may sync'
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'the profile of the signed-in user needs role admin or management';
+    -- The role is tested on its own: in one expression joined by AND, the plan cache would plan
+    -- the sub-select again on every call of any other caller (a custom plan folds it away, so it
+    -- always looks cheaper than the generic one).
+    IF caller = 'authenticated' THEN
+        IF NOT EXISTS (
+            SELECT 1 FROM public.profiles p
+            WHERE p.id::text = nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+              AND p.role IN ('admin', 'management')
+        ) THEN
+            RAISE EXCEPTION 'flex_sync: only admin or management users may sync'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'the profile of the signed-in user needs role admin or management';
+        END IF;
     END IF;
 END
 $$;

@@ -1,7 +1,8 @@
 //! Runs the statements of `sql/queries/*.sql`, and nothing else: SPI stays here. Sets come back
-//! as one jsonb value per query and are parsed with serde. A sync makes three statements before
-//! its first Flex request (`check_call`, `call_context`, `settings`) and three per department (a
-//! lock, `load_crew`, `write_outcome`), a fourth when rows go (`delete_rows`).
+//! as one json text value per query and are parsed with serde. A sync makes two statements before
+//! its first Flex request (`check_call`, `call_context`) and three per department (a lock,
+//! `load_crew`, `write_log`), a fourth when rows or line records change (`write_rows`), a fifth
+//! when rows go (`delete_rows`).
 
 use std::collections::HashMap;
 
@@ -59,15 +60,17 @@ fn no_row_is_none<T>(result: pgrx::spi::Result<Option<T>>) -> Result<Option<T>> 
 }
 
 fn query_json<T: DeserializeOwned>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<T> {
-    decode(first_value::<JsonB>(sql, args)?)
+    decode(first_value::<String>(sql, args)?)
 }
 
 fn query_json_prepared<T: DeserializeOwned>(sql: &'static str, args: &[DatumWithOid<'_>]) -> Result<T> {
-    decode(first_value_prepared::<JsonB>(sql, args)?)
+    decode(first_value_prepared::<String>(sql, args)?)
 }
 
-fn decode<T: DeserializeOwned>(value: Option<JsonB>) -> Result<T> {
-    serde_json::from_value(value.map(|j| j.0).unwrap_or(Value::Null)).map_err(|e| FlexSyncError::Decode(e.to_string()))
+/// Sets come as json text, read straight into their Rust types: cheaper than building jsonb in
+/// the query and a serde value from it.
+fn decode<T: DeserializeOwned>(value: Option<String>) -> Result<T> {
+    serde_json::from_str(value.as_deref().unwrap_or("null")).map_err(|e| FlexSyncError::Decode(e.to_string()))
 }
 
 fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
@@ -108,6 +111,8 @@ pub struct CallContext {
     pub caller: String,
     pub time_left_ms: Option<i64>,
     pub rate_limited: bool,
+    /// None when flex_sync is not configured.
+    pub settings: Option<StoredSettings>,
 }
 
 /// `job` None for a call about no job in particular (the drift check).
@@ -118,10 +123,6 @@ pub fn call_context(job: Option<&str>) -> Result<CallContext> {
 /// Those of `names` (trimmed, lower-cased) that some crew call uses as its department.
 pub fn departments_in_use(names: Vec<String>) -> Result<Vec<String>> {
     query_json(include_str!("../sql/queries/departments_in_use.sql"), &[names.into()])
-}
-
-pub fn settings() -> Result<Option<StoredSettings>> {
-    query_json_prepared(include_str!("../sql/queries/settings.sql"), &[])
 }
 
 /// Stores the endpoint and options; a token when one is given. Forgets what was learnt about the
@@ -243,8 +244,10 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
     }))
 }
 
-/// Records what Flex confirmed for one crew call and its log row: one statement, or two when rows
-/// or line records go. Without a crew call (a skipped department) only the log row is written.
+/// Records what Flex confirmed for one crew call and its log row: the log row alone when nothing
+/// changed (most syncs), else a statement before it for the rows and line records, and one more
+/// before that when rows or line records go. Without a crew call (a skipped department) only the
+/// log row is written.
 pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Writes, log: LogEntry<'_>) -> Result<()> {
     if writes.deletes_rows() {
         let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
@@ -262,18 +265,25 @@ pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Wr
     }
     let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows().into_iter().unzip();
     let records = &writes.line_records;
+    if !row_technicians.is_empty() || !records.is_empty() {
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/write_rows.sql"),
+            &[
+                crew_call.into(),
+                element.into(),
+                row_technicians.into(),
+                row_lines.into(),
+                records.iter().map(|r| r.line_id.clone()).collect::<Vec<String>>().into(),
+                records.iter().map(|r| r.resource_id.clone()).collect::<Vec<String>>().into(),
+                records.iter().map(|r| r.created_by_sync).collect::<Vec<bool>>().into(),
+                records.iter().map(|r| r.applied_role.clone()).collect::<Vec<Option<String>>>().into(),
+            ],
+        )?;
+    }
     let [added, removed, kept, roles_set, failed, flex_calls] = log.counts;
     first_value_prepared::<bool>(
-        include_str!("../sql/queries/write_outcome.sql"),
+        include_str!("../sql/queries/write_log.sql"),
         &[
-            crew_call.into(),
-            element.into(),
-            row_technicians.into(),
-            row_lines.into(),
-            records.iter().map(|r| r.line_id.clone()).collect::<Vec<String>>().into(),
-            records.iter().map(|r| r.resource_id.clone()).collect::<Vec<String>>().into(),
-            records.iter().map(|r| r.created_by_sync).collect::<Vec<bool>>().into(),
-            records.iter().map(|r| r.applied_role.clone()).collect::<Vec<Option<String>>>().into(),
             log.job.into(),
             log.department.into(),
             log.duration_ms.into(),

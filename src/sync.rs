@@ -193,10 +193,10 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
 const MAX_DRIFT_DEADLINE_MS: u64 = 3_600_000;
 
 fn configured_client(context: &store::CallContext, adjust: impl FnOnce(Options) -> Options) -> Result<FlexClient> {
-    let settings = store::settings()?.ok_or(FlexSyncError::NotConfigured)?;
+    let settings = context.settings.as_ref().ok_or(FlexSyncError::NotConfigured)?;
     let options = adjust(Options::default().merged(&settings.options)?);
     let origin = FlexOrigin::parse(&settings.base_url, options.allow_insecure_loopback)?;
-    let token = settings.api_token.filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
+    let token = settings.api_token.clone().filter(|t| !t.is_empty()).ok_or_else(|| match &options.api_token_vault_secret {
         Some(secret) => FlexSyncError::VaultSecretMissing(secret.clone()),
         None => FlexSyncError::NoToken,
     })?;

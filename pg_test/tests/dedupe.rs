@@ -361,7 +361,7 @@ fn row_level_security_applies_to_the_owner_by_construction() {
             "DO $$ BEGIN CREATE ROLE dedupe_owner NOSUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              ALTER FUNCTION flex_dedupe_assignments(boolean) OWNER TO dedupe_owner;
              GRANT USAGE ON SCHEMA flex_sync_private TO dedupe_owner;
-             GRANT EXECUTE ON FUNCTION flex_sync_private.pair_unique_index() TO dedupe_owner;",
+             GRANT EXECUTE ON FUNCTION flex_sync_private.pair_unique_index(), flex_sync_private.pair_unique_indexes() TO dedupe_owner;",
         )
         .unwrap();
     // An owner that may not read the table gets PostgreSQL's own refusal.

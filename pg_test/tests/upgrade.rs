@@ -246,3 +246,43 @@ fn updates_under_supabase_defaults_leave_the_acls_and_data_of_a_fresh_install() 
     client.batch_execute(&format!("ALTER EXTENSION flex_sync UPDATE TO '{}'", next.version)).unwrap();
     assert_same_objects_and_data(&mut client, &expected, &current);
 }
+
+/// An update brings cheaper default rules, but a rule its owner replaced is kept as it is: from
+/// the last release, with `desired_crew` replaced, the update keeps that replacement and renews
+/// `authorize`, still the released default, to what a fresh install has.
+#[test]
+fn an_update_keeps_a_replaced_rule_and_renews_a_default_one() {
+    let fresh = TestDb::empty("upgrade_rules_fresh");
+    let mut fresh_client = fresh.connect();
+    fresh_client.batch_execute("CREATE EXTENSION flex_sync").unwrap();
+    let body = |client: &mut Client, function: &str| -> String {
+        client.query_one("SELECT pg_get_functiondef($1::text::regprocedure)", &[&function]).unwrap().get(0)
+    };
+    let fresh_authorize = body(&mut fresh_client, "flex_sync_private.authorize()");
+    let current: String =
+        fresh_client.query_one("SELECT extversion FROM pg_extension WHERE extname = 'flex_sync'", &[]).unwrap().get(0);
+    let last = released_before(&current).pop().expect("a release before this one");
+
+    let db = TestDb::empty("upgrade_rules");
+    let mut client = db.connect();
+    client.batch_execute(&format!("CREATE EXTENSION flex_sync VERSION '{last}'")).unwrap();
+    let released_authorize = body(&mut client, "flex_sync_private.authorize()");
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION flex_sync_private.desired_crew(p_job_id uuid, p_department text)
+             RETURNS TABLE (technician_id uuid, flex_resource_id text, role_code text)
+             LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+             BEGIN
+                 RETURN QUERY SELECT ja.technician_id, p.flex_resource_id, NULL::text
+                 FROM public.job_assignments ja JOIN public.profiles p ON p.id = ja.technician_id
+                 WHERE ja.job_id = p_job_id AND ja.status = 'confirmed';
+             END
+             $$",
+        )
+        .unwrap();
+    let replaced = body(&mut client, "flex_sync_private.desired_crew(uuid, text)");
+    client.batch_execute("ALTER EXTENSION flex_sync UPDATE").unwrap();
+    assert_eq!(body(&mut client, "flex_sync_private.desired_crew(uuid, text)"), replaced, "the owner's rule is kept");
+    assert_ne!(released_authorize, fresh_authorize, "this update changes the default authorize()");
+    assert_eq!(body(&mut client, "flex_sync_private.authorize()"), fresh_authorize, "the default rule is renewed");
+}

@@ -1,14 +1,16 @@
--- What a flex_sync_job call checks its input against, in one statement. $1 the job.
+-- What a flex_sync_job call checks its input against and runs with, in one statement. $1 the job.
 -- departments: the job's crew calls' departments (trimmed, lower-cased, sorted).
 -- caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject.
 -- time_left_ms: what is left of statement_timeout, NULL without one.
 -- rate_limited: whether a recent sync found Flex's hourly budget spent.
+-- settings: base_url, api_token (from Vault or the store) and options; NULL when flex_sync is not
+-- configured (the call refuses that only once its input has passed every check).
 -- Every part costs the same whatever $1 is, so the plan cache keeps one generic plan instead of
 -- planning the statement again on every call.
-SELECT jsonb_build_object(
+SELECT json_build_object(
     'isolation', current_setting('transaction_isolation'),
     'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
-    'departments', (SELECT coalesce(jsonb_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')
+    'departments', (SELECT coalesce(json_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')
                     FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid),
     'caller', coalesce(nullif(current_setting('role'), 'none'), session_user::text)
               || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), ''),
@@ -16,4 +18,5 @@ SELECT jsonb_build_object(
                     ELSE (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000
                           - extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint
                     END,
-    'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false))
+    'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false),
+    'settings', (SELECT row_to_json(s) FROM flex_sync_private.effective_settings() s WHERE s.base_url IS NOT NULL))::text

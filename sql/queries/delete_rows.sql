@@ -1,8 +1,8 @@
--- What a department's outcome removes, in a statement of its own before write_outcome.sql, so a
+-- What a department's outcome removes, in a statement of its own before write_rows.sql, so a
 -- row deleted here and written there is a new row, as sequential writes make it. $1 crew call;
 -- $2, $3 (technician, line) rows that point at a line Flex no longer has, deleted only while they
 -- still point there; $4 lines Flex deleted, whose rows go (but those of $5, technicians whose
--- contact is adopted: write_outcome repoints them) and whose line records go.
+-- contact is adopted: write_rows.sql repoints them) and whose line records go.
 WITH stale AS (
     DELETE FROM public.flex_crew_assignments a
     USING unnest($2::text[], $3::text[]) AS s(t, l)

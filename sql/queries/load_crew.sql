@@ -3,17 +3,17 @@
 -- lines, the lines removed duplicate rows pointed at (the sync's own), and the department's
 -- business roles by tier. No row when the job has no crew call for the department.
 -- $1 job, $2 department.
-SELECT jsonb_build_object(
+SELECT json_build_object(
     'id', c.id,
     'element', c.flex_element_id,
-    'desired', (SELECT jsonb_agg(jsonb_build_object('t', d.technician_id, 'r', d.flex_resource_id, 'c', d.role_code))
+    'desired', (SELECT json_agg(json_build_object('t', d.technician_id, 'r', d.flex_resource_id, 'c', d.role_code))
                 FROM flex_sync_private.desired_crew($1::uuid, $2) d),
-    'rows', (SELECT jsonb_agg(jsonb_build_object('t', a.technician_id, 'l', a.flex_line_item_id))
+    'rows', (SELECT json_agg(json_build_object('t', a.technician_id, 'l', a.flex_line_item_id))
              FROM public.flex_crew_assignments a WHERE a.crew_call_id = c.id),
-    'known', (SELECT jsonb_agg(jsonb_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))
+    'known', (SELECT json_agg(json_build_object('l', l.flex_line_item_id, 'c', l.created_by_sync, 'r', l.applied_role))
               FROM flex_sync_private.lines l WHERE l.flex_element_id = c.flex_element_id),
-    'audited', (SELECT jsonb_agg(DISTINCT d.flex_line_item_id) FROM public.flex_dedupe_audit d
+    'audited', (SELECT json_agg(DISTINCT d.flex_line_item_id) FROM public.flex_dedupe_audit d
                 WHERE d.crew_call_id = c.id AND d.flex_line_item_id IS NOT NULL),
-    'roles', (SELECT jsonb_object_agg(b.tier, b.business_role_id)
-              FROM public.flex_sync_business_roles b WHERE b.department = $2))
+    'roles', (SELECT json_object_agg(b.tier, b.business_role_id)
+              FROM public.flex_sync_business_roles b WHERE b.department = $2))::text
 FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid AND lower(btrim(c.department)) = $2

@@ -1,1 +1,1 @@
-SELECT options FROM flex_sync_private.settings
+SELECT options::text FROM flex_sync_private.settings

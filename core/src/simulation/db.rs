@@ -1,6 +1,6 @@
 //! The model database: the committed state of one crew call (the application's assignments, the
 //! rows, the extension's line records), its advisory lock, and the writes of `delete_rows.sql` and
-//! `write_outcome.sql` applied with their SQL's semantics. A transaction's writes reach it only
+//! `write_rows.sql` applied with their SQL's semantics. A transaction's writes reach it only
 //! at commit, all at once; a rollback or a killed backend never reaches it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,7 +76,7 @@ impl ModelDb {
         self.lock.is_none() || self.lock == Some(actor)
     }
 
-    /// `delete_rows.sql`, then `write_outcome.sql`, as one commit.
+    /// `delete_rows.sql`, then `write_rows.sql`, as one commit.
     pub fn commit(&mut self, writes: &Writes) {
         let adopted: BTreeSet<&str> = writes.adopted_rows.iter().map(|(t, _)| t.as_str()).collect();
         self.rows.retain(|(t, l)| {

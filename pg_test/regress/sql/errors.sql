@@ -15,7 +15,8 @@ END
 $$;
 \getenv sim_url FLEX_SIM_URL
 CREATE EXTENSION flex_sync;
--- Without the application's tables: the authorization rule runs first, and reads profiles.
+-- Without the application's tables: the authorization rule runs first (it reads profiles only
+-- for an authenticated caller), then the first missing table is named.
 SELECT pg_temp.attempt($$SELECT flex_sync_job(gen_random_uuid())$$);
 SELECT flex_sync_install_reference_schema();
 -- Not configured.
