@@ -134,12 +134,11 @@ RETURNS TABLE (base_url text, api_token text, options jsonb)
 LANGUAGE sql STABLE
 AS $$
     SELECT s.base_url,
-           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL THEN t.api_token END,
+           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL
+                         THEN (SELECT t.api_token FROM flex_sync_private.api_token t) END,
                     flex_sync_private.vault_secret(coalesce(s.options ->> 'api_token_vault_secret', 'flex_api_token'))),
            s.options
-    FROM (VALUES (1)) AS one (n)
-    LEFT JOIN flex_sync_private.settings s ON true
-    LEFT JOIN flex_sync_private.api_token t ON true
+    FROM (VALUES (1)) AS one (n) LEFT JOIN flex_sync_private.settings s ON true
 $$;
 
 -- The source-preserving merge: flex_sync_merge() brings the rows of a source relation (a staging

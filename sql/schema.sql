@@ -190,18 +190,19 @@ $$;
 -- read at call time from the Supabase Vault secret the option api_token_vault_secret names;
 -- without that option, from the token stored by flex_sync_configure, else from the Vault secret
 -- 'flex_api_token' where Vault is installed. One SQL query without a SET clause, so that the
--- planner inlines it into the sync's call_context.sql; Vault is read only when it is needed.
+-- planner inlines it into the sync's call_context.sql; Vault is read only when it is needed. The
+-- token is a sub-select, not a join: the two one-row tables are never analyzed, and a join of
+-- their default estimates (800 x 1,330 rows) costs enough for JIT to compile it on every call.
 CREATE FUNCTION flex_sync_private.effective_settings()
 RETURNS TABLE (base_url text, api_token text, options jsonb)
 LANGUAGE sql STABLE
 AS $$
     SELECT s.base_url,
-           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL THEN t.api_token END,
+           coalesce(CASE WHEN s.options ->> 'api_token_vault_secret' IS NULL
+                         THEN (SELECT t.api_token FROM flex_sync_private.api_token t) END,
                     flex_sync_private.vault_secret(coalesce(s.options ->> 'api_token_vault_secret', 'flex_api_token'))),
            s.options
-    FROM (VALUES (1)) AS one (n)
-    LEFT JOIN flex_sync_private.settings s ON true
-    LEFT JOIN flex_sync_private.api_token t ON true
+    FROM (VALUES (1)) AS one (n) LEFT JOIN flex_sync_private.settings s ON true
 $$;
 
 -- Creates the application tables the sync reads and writes where they are missing. They are not

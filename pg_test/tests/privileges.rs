@@ -433,7 +433,8 @@ fn the_token_can_live_in_vault_and_is_read_at_call_time() {
 
 /// Where a role may create objects in `public` (databases upgraded from PostgreSQL 14, or a
 /// project that granted ALL on the schema), it plants an aggregate that matches the extension's
-/// calls more exactly than pg_catalog's polymorphic one. The SECURITY DEFINER functions never
+/// calls more exactly than pg_catalog's polymorphic one (the sync's reads build json, the dedupe's
+/// jsonb: one of each is planted). The SECURITY DEFINER functions never
 /// look in `public` by name, so a sync, a queue run and a dedupe never run it with the owner's
 /// rights.
 #[test]
@@ -455,13 +456,21 @@ fn an_aggregate_planted_in_public_never_runs_with_the_owners_rights() {
              CREATE FUNCTION public.record_hijack(state jsonb, value jsonb) RETURNS jsonb LANGUAGE plpgsql AS
                  $$ BEGIN INSERT INTO public.hijacks VALUES (current_user); RETURN coalesce(state, '[]'); END $$;
              CREATE AGGREGATE public.jsonb_agg(jsonb) (sfunc = public.record_hijack, stype = jsonb);
+             CREATE FUNCTION public.record_json_hijack(state json, value json) RETURNS json LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO public.hijacks VALUES (current_user); RETURN coalesce(state, '[]'); END $$;
+             CREATE AGGREGATE public.json_agg(json) (sfunc = public.record_json_hijack, stype = json);
              RESET ROLE;",
         )
         .unwrap();
     // The plant works where public is looked in: a plain query as the planter runs it.
-    client.batch_execute("SET ROLE planter; SELECT jsonb_agg(x) FROM (SELECT '{}'::jsonb AS x) q; RESET ROLE;").unwrap();
+    client
+        .batch_execute(
+            "SET ROLE planter; SELECT jsonb_agg(x) FROM (SELECT '{}'::jsonb AS x) q;
+             SELECT json_agg(x) FROM (SELECT '{}'::json AS x) q; RESET ROLE;",
+        )
+        .unwrap();
     let planted: i64 = client.query_one("SELECT count(*) FROM public.hijacks", &[]).unwrap().get(0);
-    assert_eq!(planted, 1, "the planted aggregate is found by a caller whose path has public");
+    assert_eq!(planted, 2, "the planted aggregates are found by a caller whose path has public");
     client.batch_execute("DELETE FROM public.hijacks").unwrap();
 
     let result = sync_as(&mut rig, &admin);

@@ -197,3 +197,70 @@ fn a_rolled_back_sync_is_repaired_by_the_next_one_without_duplicates() {
     assert_eq!(result["summary"]["sound"]["added"], 0);
     assert_converged(&mut client, &sim, &job);
 }
+
+/// Every contact a first sync adds is recorded as the sync's own, with the role it set: all of
+/// them, in one statement (the store runs statements with a row limit of one, which stops an
+/// INSERT ... RETURNING at its first row).
+#[test]
+fn every_contact_a_sync_adds_is_recorded_as_its_own_with_its_role() {
+    let (db, _sim, job) = setup("recorded");
+    let mut client = db.connect();
+    let result = sync(&mut client, &job.id);
+    let total = |key: &str| -> i64 {
+        ["sound", "lights"].iter().map(|d| result["summary"][*d][key].as_i64().unwrap()).sum()
+    };
+    assert_eq!(total("added"), 12, "{result}");
+    assert!(total("rolesSet") >= 2, "{result}");
+    let (made, with_role): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE created_by_sync), count(*) FILTER (WHERE created_by_sync AND applied_role IS NOT NULL)
+                 FROM flex_sync_private.lines",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((made, with_role), (total("added"), total("rolesSet")), "{result}");
+}
+
+/// The statements of a sync with nothing to change stay far below the cost at which PostgreSQL
+/// compiles a plan with JIT, on a fresh install whose small tables were never analyzed (a join of
+/// two default estimates once cost enough to be compiled on every call, 5 to 30 ms each).
+#[test]
+fn a_no_change_syncs_statements_cost_too_little_for_jit() {
+    let (db, _sim, job) = setup("jitcost");
+    let mut client = db.connect();
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+    client
+        .batch_execute(
+            "SET plan_cache_mode = force_generic_plan;
+             CREATE FUNCTION pg_temp.plan_cost(statement text) RETURNS float8 LANGUAGE plpgsql AS $$
+             DECLARE plan json;
+             BEGIN
+                 EXECUTE 'EXPLAIN (FORMAT JSON) ' || statement INTO plan;
+                 RETURN (plan -> 0 -> 'Plan' ->> 'Total Cost')::float8;
+             END $$;",
+        )
+        .unwrap();
+    let job = &job.id;
+    let statements = [
+        ("check_call", include_str!("../../sql/queries/check_call.sql"), "boolean", "true".to_string()),
+        ("call_context", include_str!("../../sql/queries/call_context.sql"), "text", format!("'{job}'")),
+        ("lock_crew_call", include_str!("../../sql/queries/lock_crew_call.sql"), "text, text", format!("'{job}', 'sound'")),
+        ("load_crew", include_str!("../../sql/queries/load_crew.sql"), "text, text", format!("'{job}', 'sound'")),
+        (
+            "write_log",
+            include_str!("../../sql/queries/write_log.sql"),
+            "text, text, integer, integer, integer, integer, integer, integer, integer, text, jsonb, jsonb, text",
+            format!("'{job}', 'sound', 1, 0, 0, 6, 0, 0, 1, 'ok', '[]', '{{}}', 'test'"),
+        ),
+    ];
+    let threshold: f64 = client.query_one("SELECT current_setting('jit_above_cost')::float8", &[]).unwrap().get(0);
+    for (name, sql, types, args) in statements {
+        client.batch_execute(&format!("PREPARE {name}({types}) AS {sql}")).unwrap();
+        let cost: f64 =
+            client.query_one("SELECT pg_temp.plan_cost($1)", &[&format!("EXECUTE {name}({args})")]).unwrap().get(0);
+        assert!(cost < threshold / 100.0, "{name} costs {cost}, JIT compiles plans above {threshold}");
+    }
+}

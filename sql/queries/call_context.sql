@@ -4,7 +4,9 @@
 -- time_left_ms: what is left of statement_timeout, NULL without one.
 -- rate_limited: whether a recent sync found Flex's hourly budget spent.
 -- settings: base_url, api_token (from Vault or the store) and options; NULL when flex_sync is not
--- configured (the call refuses that only once its input has passed every check).
+-- configured (the call refuses that only once its input has passed every check). Read here, for
+-- a caller authorize() let through, before the input's checks: a call they refuse has read the
+-- token too (it never leaves the backend), and a Vault that fails fails the call first.
 -- Every part costs the same whatever $1 is, so the plan cache keeps one generic plan instead of
 -- planning the statement again on every call.
 SELECT json_build_object(

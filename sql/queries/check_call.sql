@@ -12,7 +12,7 @@ WITH missing AS (
     SELECT bool_and(u.immediate) AS immediate FROM flex_sync_private.pair_unique_indexes() u
 )
 SELECT json_build_object(
-    'authorized', flex_sync_private.authorize() IS NULL,
+    'authorized', flex_sync_private.authorize() IS NOT NULL,
     'missing', CASE WHEN $1 THEN (SELECT name FROM missing) END,
     'unique', CASE WHEN $1 AND NOT EXISTS (SELECT 1 FROM missing)
                    THEN (SELECT CASE WHEN NOT p.immediate THEN flex_sync_private.pair_unique_index() IS NOT NULL
