@@ -1,8 +1,8 @@
 //! Runs the statements of `sql/queries/*.sql`, and nothing else: SPI stays here. Sets come back
 //! as one json text value per query and are parsed with serde. A sync makes two statements before
-//! its first Flex request (`check_call`, `call_context`) and three per department (a lock,
-//! `load_crew`, `write_log`), a fourth when rows or line records change (`write_rows`), a fifth
-//! when rows go (`delete_rows`).
+//! its first Flex request (`call_context`; `check_call` before it on a backend's first call) and
+//! three per department (a lock, `load_crew`, `write_log`), more when rows or line records change
+//! (`write_rows`), when rows go (`delete_rows`) and when the queue held the item (`release_hold`).
 
 use std::collections::HashMap;
 
@@ -47,6 +47,10 @@ fn first_value_prepared<T: pgrx::FromDatum + pgrx::IntoDatum>(
     no_row_is_none(result)
 }
 
+fn is_prepared(sql: &'static str) -> bool {
+    PREPARED.with(|prepared| prepared.borrow().contains_key(sql))
+}
+
 /// The single value of a one-row query; a query that found no row gives None.
 fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<Option<T>> {
     no_row_is_none(Spi::get_one_with_args::<T>(sql, args))
@@ -78,19 +82,16 @@ fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
 }
 
 /// Who may call (the rule raises itself), then, for a call with a job, whether the application's
-/// tables can take a sync.
+/// tables are there.
 pub fn check_call(has_job: bool) -> Result<()> {
     #[derive(Deserialize)]
     struct Check {
         missing: Option<String>,
-        unique: Option<bool>,
     }
     let check: Check = query_json_prepared(include_str!("../sql/queries/check_call.sql"), &[has_job.into()])?;
-    match check {
-        _ if !has_job => Ok(()),
-        Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
-        Check { unique: Some(true), .. } => Ok(()),
-        _ => Err(FlexSyncError::NoUniqueConstraint),
+    match check.missing {
+        Some(table) => Err(FlexSyncError::MissingTable(table)),
+        None => Ok(()),
     }
 }
 
@@ -104,6 +105,8 @@ pub struct StoredSettings {
 /// What a call needs to know before it starts, read in one statement (`call_context.sql`).
 #[derive(Deserialize)]
 pub struct CallContext {
+    /// Whether the unique index ON CONFLICT needs is there (None: there is none).
+    pub unique: Option<bool>,
     pub isolation: String,
     pub job_exists: bool,
     /// The departments of the job's crew calls, sorted.
@@ -115,9 +118,15 @@ pub struct CallContext {
     pub settings: Option<StoredSettings>,
 }
 
-/// `job` None for a call about no job in particular (the drift check).
+/// `job` None for a call about no job in particular (the drift check). Before the statement is
+/// first prepared in this backend, `check_call` names a missing table (the parser would refuse
+/// the statement with a bare "does not exist"); a table dropped later gets the parser's error.
 pub fn call_context(job: Option<&str>) -> Result<CallContext> {
-    query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into()])
+    const SQL: &str = include_str!("../sql/queries/call_context.sql");
+    if !is_prepared(SQL) {
+        check_call(true)?;
+    }
+    query_json_prepared(SQL, &[job.into()])
 }
 
 /// Those of `names` (trimmed, lower-cased) that some crew call uses as its department.
@@ -172,6 +181,8 @@ pub fn lock_department(job: &str, department: &str, wait: bool) -> Result<bool> 
 /// protocol's input.
 pub struct StoredCrew {
     pub id: String,
+    /// Whether the queue holds the item: the sync ends the hold unless it holds again.
+    pub held: bool,
     pub input: CrewInput,
 }
 
@@ -203,6 +214,7 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
         known: Option<Vec<Known>>,
         audited: Option<Vec<String>>,
         roles: Option<HashMap<String, String>>,
+        held: bool,
     }
     let stored: Option<Stored> = query_json_prepared(
         include_str!("../sql/queries/load_crew.sql"),
@@ -240,15 +252,21 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
                     .collect(),
             ),
         };
-        StoredCrew { id: s.id, input }
+        StoredCrew { id: s.id, held: s.held, input }
     }))
 }
 
 /// Records what Flex confirmed for one crew call and its log row: the log row alone when nothing
-/// changed (most syncs), else a statement before it for the rows and line records, and one more
-/// before that when rows or line records go. Without a crew call (a skipped department) only the
-/// log row is written.
-pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Writes, log: LogEntry<'_>) -> Result<()> {
+/// changed (most syncs), else a statement before it for the rows and line records, one more
+/// before that when rows or line records go, and one for the queue's hold when the item was
+/// `held`. Without a crew call (a skipped department) only the log row is written.
+pub fn write_outcome(
+    crew_call: Option<&str>,
+    element: Option<&str>,
+    writes: &Writes,
+    held: bool,
+    log: LogEntry<'_>,
+) -> Result<()> {
     if writes.deletes_rows() {
         let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
         let adopted: Vec<String> = writes.adopted_rows.iter().map(|(t, _)| t.clone()).collect();
@@ -278,6 +296,12 @@ pub fn write_outcome(crew_call: Option<&str>, element: Option<&str>, writes: &Wr
                 records.iter().map(|r| r.created_by_sync).collect::<Vec<bool>>().into(),
                 records.iter().map(|r| r.applied_role.clone()).collect::<Vec<Option<String>>>().into(),
             ],
+        )?;
+    }
+    if held {
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/release_hold.sql"),
+            &[log.job.into(), log.department.into(), log.status.into()],
         )?;
     }
     let [added, removed, kept, roles_set, failed, flex_calls] = log.counts;

@@ -41,8 +41,11 @@ struct CheckedCall {
 
 /// Everything that can reject a sync or a plan, before the first Flex request (I5).
 fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>) -> Result<CheckedCall> {
-    store::check_call(job.is_some())?;
-    let job = job.ok_or(FlexSyncError::NullJob)?;
+    let Some(job) = job else {
+        // Who may call comes first, whatever is wrong with the input.
+        store::check_call(false)?;
+        return Err(FlexSyncError::NullJob);
+    };
     let context = call_context(Some(&job))?;
     let departments = match departments {
         Some(list) => {
@@ -61,10 +64,14 @@ fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>
     Ok(CheckedCall { job, departments, caller: context.caller, client })
 }
 
-/// What a call checks its input against, refused in an isolation that keeps the snapshot taken
-/// before the lock (it would reconcile stale rows).
+/// What a call checks its input against, refused without the unique index the rows' writes need,
+/// and in an isolation that keeps the snapshot taken before the lock (it would reconcile stale
+/// rows).
 fn call_context(job: Option<&str>) -> Result<store::CallContext> {
     let context = store::call_context(job)?;
+    if context.unique != Some(true) {
+        return Err(FlexSyncError::NoUniqueConstraint);
+    }
     match context.isolation.as_str() {
         "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase())),
         _ => Ok(context),
@@ -228,7 +235,7 @@ fn sync_department(
         Some(crew) => {
             let element = crew.input.flex_element_id.clone();
             let conclusion = run_protocol(client, Reconcile::new(crew.input), wait);
-            (conclusion.report, conclusion.writes, Some((crew.id, element)))
+            (conclusion.report, conclusion.writes, Some((crew.id, element, crew.held)))
         }
     };
     let measured = Measured {
@@ -255,8 +262,9 @@ fn sync_department(
         summary: summary.clone(),
         triggered_by,
     };
-    let (crew_call, element) = crew.unzip();
-    store::write_outcome(crew_call.as_deref(), element.as_deref(), &writes, log)?;
+    let held = crew.as_ref().is_some_and(|(_, _, held)| *held);
+    let (crew_call, element) = crew.map(|(id, element, _)| (id, element)).unzip();
+    store::write_outcome(crew_call.as_deref(), element.as_deref(), &writes, held, log)?;
     Ok((report.status(), summary))
 }
 

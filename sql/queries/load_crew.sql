@@ -1,7 +1,8 @@
 -- A crew call as the sync needs it, read after its lock is held: its id and Flex element, the
 -- desired crew (the overridable rule), its rows, what the extension knows about its element's
--- lines, the lines removed duplicate rows pointed at (the sync's own), and the department's
--- business roles by tier. No row when the job has no crew call for the department.
+-- lines, the lines removed duplicate rows pointed at (the sync's own), the department's business
+-- roles by tier, and whether the queue holds the item (release_hold.sql then runs after the
+-- sync). No row when the job has no crew call for the department.
 -- $1 job, $2 department.
 SELECT json_build_object(
     'id', c.id,
@@ -15,5 +16,7 @@ SELECT json_build_object(
     'audited', (SELECT json_agg(DISTINCT d.flex_line_item_id) FROM public.flex_dedupe_audit d
                 WHERE d.crew_call_id = c.id AND d.flex_line_item_id IS NOT NULL),
     'roles', (SELECT json_object_agg(b.tier, b.business_role_id)
-              FROM public.flex_sync_business_roles b WHERE b.department = $2))::text
+              FROM public.flex_sync_business_roles b WHERE b.department = $2),
+    'held', EXISTS (SELECT 1 FROM flex_sync_private.retry_state r
+                    WHERE r.job_id = $1::uuid AND r.department = $2 AND r.held_reason IS NOT NULL))::text
 FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid AND lower(btrim(c.department)) = $2
