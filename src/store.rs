@@ -1,8 +1,8 @@
 //! Runs the statements of `sql/queries/*.sql`, and nothing else: SPI stays here. Sets come back
 //! as one json text value per query and are parsed with serde. A sync makes two statements before
-//! its first Flex request (`call_context`; `check_call` before it on a backend's first call) and
-//! three per department (a lock, `load_crew`, `write_log`), more when rows or line records change
-//! (`write_rows`), when rows go (`delete_rows`) and when the queue held the item (`release_hold`).
+//! its first Flex request (`check_call`, `call_context`) and three per department (a lock,
+//! `load_crew`, `write_log`), more when rows or line records change (`write_rows`), when rows go
+//! (`delete_rows`) and when the queue held the item (`release_hold`).
 
 use std::collections::HashMap;
 
@@ -47,10 +47,6 @@ fn first_value_prepared<T: pgrx::FromDatum + pgrx::IntoDatum>(
     no_row_is_none(result)
 }
 
-fn is_prepared(sql: &'static str) -> bool {
-    PREPARED.with(|prepared| prepared.borrow().contains_key(sql))
-}
-
 /// The single value of a one-row query; a query that found no row gives None.
 fn first_value<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Result<Option<T>> {
     no_row_is_none(Spi::get_one_with_args::<T>(sql, args))
@@ -82,16 +78,19 @@ fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> Result<()> {
 }
 
 /// Who may call (the rule raises itself), then, for a call with a job, whether the application's
-/// tables are there.
+/// tables can take a sync.
 pub fn check_call(has_job: bool) -> Result<()> {
     #[derive(Deserialize)]
     struct Check {
         missing: Option<String>,
+        unique: Option<bool>,
     }
     let check: Check = query_json_prepared(include_str!("../sql/queries/check_call.sql"), &[has_job.into()])?;
-    match check.missing {
-        Some(table) => Err(FlexSyncError::MissingTable(table)),
-        None => Ok(()),
+    match check {
+        _ if !has_job => Ok(()),
+        Check { missing: Some(table), .. } => Err(FlexSyncError::MissingTable(table)),
+        Check { unique: Some(true), .. } => Ok(()),
+        _ => Err(FlexSyncError::NoUniqueConstraint),
     }
 }
 
@@ -105,8 +104,6 @@ pub struct StoredSettings {
 /// What a call needs to know before it starts, read in one statement (`call_context.sql`).
 #[derive(Deserialize)]
 pub struct CallContext {
-    /// Whether the unique index ON CONFLICT needs is there (None: there is none).
-    pub unique: Option<bool>,
     pub isolation: String,
     pub job_exists: bool,
     /// The departments of the job's crew calls, sorted.
@@ -118,15 +115,9 @@ pub struct CallContext {
     pub settings: Option<StoredSettings>,
 }
 
-/// `job` None for a call about no job in particular (the drift check). Before the statement is
-/// first prepared in this backend, `check_call` names a missing table (the parser would refuse
-/// the statement with a bare "does not exist"); a table dropped later gets the parser's error.
+/// `job` None for a call about no job in particular (the drift check).
 pub fn call_context(job: Option<&str>) -> Result<CallContext> {
-    const SQL: &str = include_str!("../sql/queries/call_context.sql");
-    if !is_prepared(SQL) {
-        check_call(true)?;
-    }
-    query_json_prepared(SQL, &[job.into()])
+    query_json_prepared(include_str!("../sql/queries/call_context.sql"), &[job.into()])
 }
 
 /// Those of `names` (trimmed, lower-cased) that some crew call uses as its department.

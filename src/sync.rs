@@ -41,11 +41,8 @@ struct CheckedCall {
 
 /// Everything that can reject a sync or a plan, before the first Flex request (I5).
 fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>) -> Result<CheckedCall> {
-    let Some(job) = job else {
-        // Who may call comes first, whatever is wrong with the input.
-        store::check_call(false)?;
-        return Err(FlexSyncError::NullJob);
-    };
+    store::check_call(job.is_some())?;
+    let job = job.ok_or(FlexSyncError::NullJob)?;
     let context = call_context(Some(&job))?;
     let departments = match departments {
         Some(list) => {
@@ -64,14 +61,10 @@ fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>
     Ok(CheckedCall { job, departments, caller: context.caller, client })
 }
 
-/// What a call checks its input against, refused without the unique index the rows' writes need,
-/// and in an isolation that keeps the snapshot taken before the lock (it would reconcile stale
-/// rows).
+/// What a call checks its input against, refused in an isolation that keeps the snapshot taken
+/// before the lock (it would reconcile stale rows).
 fn call_context(job: Option<&str>) -> Result<store::CallContext> {
     let context = store::call_context(job)?;
-    if context.unique != Some(true) {
-        return Err(FlexSyncError::NoUniqueConstraint);
-    }
     match context.isolation.as_str() {
         "repeatable read" | "serializable" => Err(FlexSyncError::IsolationLevel(context.isolation.to_uppercase())),
         _ => Ok(context),

@@ -1,13 +1,8 @@
--- Everything a flex_sync_job call checks before its first Flex request, and what it runs with, in
--- one statement, in this order. $1 the job.
--- authorized: who may call (flex_sync_private.authorize() raises 42501 itself).
--- unique: whether flex_crew_assignments has the unique index ON CONFLICT needs: true when it has
--- and none of them is deferrable, NULL when it has none; with a deferrable one,
--- pair_unique_index() raises 42P16 (it is called only then).
--- isolation, job_exists; departments: the job's crew calls' departments (trimmed, lower-cased,
--- sorted); caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject; time_left_ms:
--- what is left of statement_timeout, NULL without one; rate_limited: whether a recent sync found
--- Flex's hourly budget spent.
+-- What a flex_sync_job call checks its input against and runs with, in one statement. $1 the job.
+-- departments: the job's crew calls' departments (trimmed, lower-cased, sorted).
+-- caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject.
+-- time_left_ms: what is left of statement_timeout, NULL without one.
+-- rate_limited: whether a recent sync found Flex's hourly budget spent.
 -- settings: base_url, api_token (from Vault or the store) and options; NULL when flex_sync is not
 -- configured (the call refuses that only once its input has passed every check). Read here, for
 -- a caller authorize() let through, before the input's checks: a call they refuse has read the
@@ -15,9 +10,6 @@
 -- Every part costs the same whatever $1 is, so the plan cache keeps one generic plan instead of
 -- planning the statement again on every call.
 SELECT json_build_object(
-    'authorized', flex_sync_private.authorize() IS NOT NULL,
-    'unique', (SELECT CASE WHEN NOT p.immediate THEN flex_sync_private.pair_unique_index() IS NOT NULL ELSE p.immediate END
-               FROM (SELECT bool_and(u.immediate) AS immediate FROM flex_sync_private.pair_unique_indexes() u) p),
     'isolation', current_setting('transaction_isolation'),
     'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
     'departments', (SELECT coalesce(json_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')

@@ -60,6 +60,10 @@ ALTER TABLE flex_crew_assignments ADD CONSTRAINT pair UNIQUE (crew_call_id, tech
 SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
 SELECT pg_temp.attempt($$SELECT flex_dedupe_assignments()$$);
 ALTER TABLE flex_crew_assignments DROP CONSTRAINT pair, ADD UNIQUE (crew_call_id, technician_id);
+-- A table gone after the session's first calls is named as on the first one.
+ALTER TABLE profiles RENAME TO profiles_renamed;
+SELECT pg_temp.attempt($$SELECT flex_sync_job('00000000-0000-4000-8000-000000000e01')$$);
+ALTER TABLE profiles_renamed RENAME TO profiles;
 -- The queue's limits, and the procedure inside a transaction block.
 SELECT pg_temp.attempt($$SELECT flex_sync_pending(0)$$);
 SELECT pg_temp.attempt($$SELECT flex_sync_pending(max_attempts => 0)$$);
