@@ -247,53 +247,21 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
     }))
 }
 
+/// The crew call a department's outcome is written for.
+pub struct OutcomeCrew<'a> {
+    pub id: &'a str,
+    pub element: &'a str,
+    /// Whether load_crew found the item held by the queue.
+    pub held: bool,
+}
+
 /// Records what Flex confirmed for one crew call and its log row: the log row alone when nothing
 /// changed (most syncs), else a statement before it for the rows and line records, one more
 /// before that when rows or line records go, and one for the queue's hold when the item was
-/// `held`. Without a crew call (a skipped department) only the log row is written.
-pub fn write_outcome(
-    crew_call: Option<&str>,
-    element: Option<&str>,
-    writes: &Writes,
-    held: bool,
-    log: LogEntry<'_>,
-) -> Result<()> {
-    if writes.deletes_rows() {
-        let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
-        let adopted: Vec<String> = writes.adopted_rows.iter().map(|(t, _)| t.clone()).collect();
-        first_value_prepared::<bool>(
-            include_str!("../sql/queries/delete_rows.sql"),
-            &[
-                crew_call.into(),
-                stale_technicians.into(),
-                stale_lines.into(),
-                writes.deleted_lines.clone().into(),
-                adopted.into(),
-            ],
-        )?;
-    }
-    let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows().into_iter().unzip();
-    let records = &writes.line_records;
-    if !row_technicians.is_empty() || !records.is_empty() {
-        first_value_prepared::<bool>(
-            include_str!("../sql/queries/write_rows.sql"),
-            &[
-                crew_call.into(),
-                element.into(),
-                row_technicians.into(),
-                row_lines.into(),
-                records.iter().map(|r| r.line_id.clone()).collect::<Vec<String>>().into(),
-                records.iter().map(|r| r.resource_id.clone()).collect::<Vec<String>>().into(),
-                records.iter().map(|r| r.created_by_sync).collect::<Vec<bool>>().into(),
-                records.iter().map(|r| r.applied_role.clone()).collect::<Vec<Option<String>>>().into(),
-            ],
-        )?;
-    }
-    if held {
-        first_value_prepared::<bool>(
-            include_str!("../sql/queries/release_hold.sql"),
-            &[log.job.into(), log.department.into(), log.status.into()],
-        )?;
+/// held. Without a crew call (a skipped department) only the log row is written.
+pub fn write_outcome(crew: Option<OutcomeCrew<'_>>, writes: &Writes, log: LogEntry<'_>) -> Result<()> {
+    if let Some(crew) = crew {
+        write_crew_outcome(&crew, writes, &log)?;
     }
     let [added, removed, kept, roles_set, failed, flex_calls] = log.counts;
     first_value_prepared::<bool>(
@@ -314,6 +282,48 @@ pub fn write_outcome(
             log.triggered_by.into(),
         ],
     )?;
+    Ok(())
+}
+
+/// The crew call's part of its outcome: rows and line records that go, those written, the hold.
+fn write_crew_outcome(crew: &OutcomeCrew<'_>, writes: &Writes, log: &LogEntry<'_>) -> Result<()> {
+    if writes.deletes_rows() {
+        let (stale_technicians, stale_lines): (Vec<String>, Vec<String>) = writes.stale_rows.iter().cloned().unzip();
+        let adopted: Vec<String> = writes.adopted_rows.iter().map(|(t, _)| t.clone()).collect();
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/delete_rows.sql"),
+            &[
+                crew.id.into(),
+                stale_technicians.into(),
+                stale_lines.into(),
+                writes.deleted_lines.clone().into(),
+                adopted.into(),
+            ],
+        )?;
+    }
+    let (row_technicians, row_lines): (Vec<String>, Vec<String>) = writes.rows().into_iter().unzip();
+    let records = &writes.line_records;
+    if !row_technicians.is_empty() || !records.is_empty() {
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/write_rows.sql"),
+            &[
+                crew.id.into(),
+                crew.element.into(),
+                row_technicians.into(),
+                row_lines.into(),
+                records.iter().map(|r| r.line_id.clone()).collect::<Vec<String>>().into(),
+                records.iter().map(|r| r.resource_id.clone()).collect::<Vec<String>>().into(),
+                records.iter().map(|r| r.created_by_sync).collect::<Vec<bool>>().into(),
+                records.iter().map(|r| r.applied_role.clone()).collect::<Vec<Option<String>>>().into(),
+            ],
+        )?;
+    }
+    if crew.held {
+        first_value_prepared::<bool>(
+            include_str!("../sql/queries/release_hold.sql"),
+            &[log.job.into(), log.department.into(), log.status.into()],
+        )?;
+    }
     Ok(())
 }
 

@@ -255,9 +255,8 @@ fn sync_department(
         summary: summary.clone(),
         triggered_by,
     };
-    let held = crew.as_ref().is_some_and(|(_, _, held)| *held);
-    let (crew_call, element) = crew.map(|(id, element, _)| (id, element)).unzip();
-    store::write_outcome(crew_call.as_deref(), element.as_deref(), &writes, held, log)?;
+    let crew = crew.as_ref().map(|(id, element, held)| store::OutcomeCrew { id, element, held: *held });
+    store::write_outcome(crew, &writes, log)?;
     Ok((report.status(), summary))
 }
 
