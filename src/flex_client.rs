@@ -71,20 +71,22 @@ impl FlexClient {
     /// request's tag. `wait` runs on this thread between polls: it is where the caller checks for
     /// interrupts.
     pub fn send_all(&self, requests: Vec<Request>, wait: &dyn Fn()) -> Vec<Answer> {
+        self.collect(self.start(requests), wait)
+    }
+
+    /// Hands the requests to the workers and returns at once: this thread may do other work (read
+    /// the database) while Flex answers. Dropped without `collect`, the answers are discarded (the
+    /// calls were made all the same).
+    pub fn start(&self, requests: Vec<Request>) -> InFlight {
         let total = requests.len();
-        if total == 0 {
-            return Vec::new();
-        }
-        let started = Instant::now();
-        let tags: Vec<_> = requests.iter().map(|r| r.tag).collect();
         let tasks = requests
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(slot, r)| Task { slot, call: r.call, role_after_add: r.role_after_add, follow_up: false })
+            .map(|(slot, r)| Task { slot, call: r.call.clone(), role_after_add: r.role_after_add.clone(), follow_up: false })
             .collect();
         let queue = Arc::new(WorkQueue { state: Mutex::new((tasks, total)), ready: Condvar::new() });
         let (tx, rx) = mpsc::channel::<Message>();
-        let workers = (self.worker.options.max_parallel_requests as usize).clamp(1, total);
+        let workers = (self.worker.options.max_parallel_requests as usize).max(1).min(total);
         for _ in 0..workers {
             let worker = Arc::clone(&self.worker);
             let (queue, tx) = (Arc::clone(&queue), tx.clone());
@@ -101,14 +103,20 @@ impl FlexClient {
                 }
             }));
         }
-        drop(tx);
-        let mut answers: Vec<Answer> = tags
-            .into_iter()
-            .map(|tag| Answer { tag, outcome: Outcome::Failure(Failure::new(ErrorCode::WorkerLost, None, true)), role: None })
+        InFlight { requests, answers: rx }
+    }
+
+    /// Waits for every answer of `in_flight`, running `wait` between polls.
+    pub fn collect(&self, in_flight: InFlight, wait: &dyn Fn()) -> Vec<Answer> {
+        let started = Instant::now();
+        let mut answers: Vec<Answer> = in_flight
+            .requests
+            .iter()
+            .map(|r| Answer { tag: r.tag, outcome: Outcome::Failure(Failure::new(ErrorCode::WorkerLost, None, true)), role: None })
             .collect();
-        let (mut expected, mut received) = (total, 0);
+        let (mut expected, mut received) = (answers.len(), 0);
         while received < expected {
-            match rx.recv_timeout(Duration::from_millis(20)) {
+            match in_flight.answers.recv_timeout(Duration::from_millis(20)) {
                 Ok(message) => {
                     received += 1;
                     match message {
@@ -125,6 +133,19 @@ impl FlexClient {
         }
         self.waited.set(self.waited.get() + started.elapsed());
         answers
+    }
+}
+
+/// Requests handed to the workers whose answers nobody has collected yet.
+pub struct InFlight {
+    requests: Vec<Request>,
+    answers: mpsc::Receiver<Message>,
+}
+
+impl InFlight {
+    /// Whether these are exactly the requests in flight, so that their answers answer them.
+    pub fn answers(&self, requests: &[Request]) -> bool {
+        self.requests == requests
     }
 }
 

@@ -108,6 +108,8 @@ pub struct CallContext {
     pub job_exists: bool,
     /// The departments of the job's crew calls, sorted.
     pub departments: Vec<String>,
+    /// Each of those departments' Flex element, as it was before the lock.
+    pub elements: HashMap<String, String>,
     pub caller: String,
     pub time_left_ms: Option<i64>,
     pub rate_limited: bool,

@@ -5,6 +5,7 @@
 //! and takes the same locks, then lists and writes nothing; `flex_sync_drift` lists crew calls
 //! and records what it found.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use flex_sync_core::input::{known_departments, names_to_look_up, normalize_departments};
@@ -14,7 +15,7 @@ use flex_sync_core::settings::{FlexOrigin, Options};
 use serde_json::{json, Map, Value};
 
 use crate::error::FlexSyncError;
-use crate::flex_client::FlexClient;
+use crate::flex_client::{FlexClient, InFlight};
 use crate::store::{self, LogEntry};
 
 type Result<T> = std::result::Result<T, FlexSyncError>;
@@ -30,11 +31,12 @@ pub struct SyncRequest {
     pub force: bool,
 }
 
-/// A call whose input passed every check: the job, its departments in lock order, the caller and
-/// the Flex client.
+/// A call whose input passed every check: the job, its departments in lock order, their Flex
+/// elements as read before the lock, the caller and the Flex client.
 struct CheckedCall {
     job: String,
     departments: Vec<String>,
+    elements: HashMap<String, String>,
     caller: String,
     client: FlexClient,
 }
@@ -58,7 +60,7 @@ fn check_job_call(job: Option<String>, departments: &Option<Vec<Option<String>>>
         return Err(FlexSyncError::UnknownJob(job));
     }
     let client = configured_client(&context, |options| options)?;
-    Ok(CheckedCall { job, departments, caller: context.caller, client })
+    Ok(CheckedCall { job, departments, elements: context.elements, caller: context.caller, client })
 }
 
 /// What a call checks its input against, refused in an isolation that keeps the snapshot taken
@@ -100,10 +102,11 @@ pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, w
     let mut summary = Map::new();
     for department in &call.departments {
         store::lock_department(&call.job, department, true)?;
+        let listing = call.list_ahead(department);
         let entry = match load(&call.client, &call.job, department, false)? {
             None => Report::skipped(Skip::NoCrewCall).summary(Measured::default()),
             Some(crew) => {
-                let listing = list(&call.client, &crew.input, wait);
+                let listing = listing_of(&call.client, &crew.input, listing, wait);
                 protocol::preview(&crew.input, listing)
             }
         };
@@ -113,9 +116,29 @@ pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, w
     Ok(json!({"job_id": call.job, "plan": summary}))
 }
 
-/// The answer to the crew call's one listing (send_all answers every request, a lost one too).
-fn list(client: &FlexClient, input: &protocol::CrewInput, wait: &dyn Fn()) -> protocol::Outcome {
-    client.send_all(vec![protocol::listing_request(input)], wait).remove(0).outcome
+impl CheckedCall {
+    /// Sends the listing of the department's crew call as soon as its lock is held, so that Flex
+    /// answers while the crew is read (its element may have changed before the lock: the answer
+    /// is then not used and the element read under the lock is listed).
+    fn list_ahead(&self, department: &str) -> Option<InFlight> {
+        let element = self.elements.get(department)?;
+        Some(self.client.start(vec![protocol::listing_request(element)]))
+    }
+}
+
+/// The answers to `requests`: those of the requests in flight when they are the same, else sent
+/// now. Answers in flight for other requests are dropped.
+fn answers_to(client: &FlexClient, requests: Vec<protocol::Request>, in_flight: Option<InFlight>, wait: &dyn Fn()) -> Vec<protocol::Answer> {
+    match in_flight {
+        Some(in_flight) if in_flight.answers(&requests) => client.collect(in_flight, wait),
+        _ => client.send_all(requests, wait),
+    }
+}
+
+/// The answer to the crew call's one listing (the client answers every request, a lost one too).
+fn listing_of(client: &FlexClient, input: &protocol::CrewInput, in_flight: Option<InFlight>, wait: &dyn Fn()) -> protocol::Outcome {
+    let request = protocol::listing_request(&input.flex_element_id);
+    answers_to(client, vec![request], in_flight, wait).remove(0).outcome
 }
 
 /// The crew call as the protocol takes it, with the options the client runs with.
@@ -162,7 +185,7 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
         let Some(crew) = load(&client, &candidate.job_id, &candidate.department, false)? else {
             continue;
         };
-        let result = match protocol::drift(&crew.input, list(&client, &crew.input, wait)) {
+        let result = match protocol::drift(&crew.input, listing_of(&client, &crew.input, None, wait)) {
             Err(ErrorCode::CallBudget | ErrorCode::Deadline | ErrorCode::RateLimited) => {
                 stopped = true;
                 unchecked += 1;
@@ -221,13 +244,14 @@ fn sync_department(
     let waited_before = client.time_waited();
     let locked = store::lock_department(job, department, wait_for_lock)?;
     let lock_wait = started.elapsed();
+    let listing = if locked { call.list_ahead(department) } else { None };
     // Read after the lock: a concurrent sync that held it has committed by now.
     let crew = if locked { load(client, job, department, force)? } else { None };
     let (report, writes, crew) = match crew {
         None => (Report::skipped(if locked { Skip::NoCrewCall } else { Skip::Busy }), Writes::default(), None),
         Some(crew) => {
             let element = crew.input.flex_element_id.clone();
-            let conclusion = run_protocol(client, Reconcile::new(crew.input), wait);
+            let conclusion = run_protocol(client, Reconcile::new(crew.input), listing, wait);
             (conclusion.report, conclusion.writes, Some((crew.id, element, crew.held)))
         }
     };
@@ -260,12 +284,13 @@ fn sync_department(
     Ok((report.status(), summary))
 }
 
-/// Runs the calls the protocol asks for and feeds their answers back until it is done.
-fn run_protocol(client: &FlexClient, mut protocol: Reconcile, wait: &dyn Fn()) -> Conclusion {
+/// Runs the calls the protocol asks for and feeds their answers back until it is done; the
+/// listing sent ahead answers its first step when that asks for it.
+fn run_protocol(client: &FlexClient, mut protocol: Reconcile, mut listing: Option<InFlight>, wait: &dyn Fn()) -> Conclusion {
     let mut answers = Vec::new();
     loop {
         match protocol.step(answers) {
-            Step::Send(requests) => answers = client.send_all(requests, wait),
+            Step::Send(requests) => answers = answers_to(client, requests, listing.take(), wait),
             Step::Done(conclusion) => return *conclusion,
         }
     }

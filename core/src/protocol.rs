@@ -468,7 +468,7 @@ impl Reconcile {
     }
 
     fn listing(&self, tag: Tag) -> Request {
-        Request { tag, ..listing_request(&self.input) }
+        Request { tag, ..listing_request(&self.input.flex_element_id) }
     }
 
     fn add(&self, tag: Tag, add: &Add) -> Request {
@@ -778,9 +778,10 @@ fn planned_with(input: &CrewInput, listing: &CrewListing, orphan_policy: OrphanP
     (plan, held)
 }
 
-/// The crew call's listing: the first call of a sync, the only one of a preview or a drift check.
-pub fn listing_request(input: &CrewInput) -> Request {
-    Request { tag: Tag::Listing, call: FlexCall::ListCrew { element: input.flex_element_id.clone() }, role_after_add: None }
+/// The listing of a crew call's element: the first call of a sync, the only one of a preview or a
+/// drift check. It needs nothing but the element, so it can be sent before the crew is read.
+pub fn listing_request(element: &str) -> Request {
+    Request { tag: Tag::Listing, call: FlexCall::ListCrew { element: element.to_string() }, role_after_add: None }
 }
 
 /// The resource of a listed contact.

@@ -264,3 +264,60 @@ fn a_no_change_syncs_statements_cost_too_little_for_jit() {
         assert!(cost < threshold / 100.0, "{name} costs {cost}, JIT compiles plans above {threshold}");
     }
 }
+
+/// A sync lists its crew call's element as soon as it holds the lock, while it reads the crew; the
+/// element comes from before the lock. Changed by a transaction that held the lock meanwhile, the
+/// element read under the lock is listed and synced, and the early listing's answer is not used.
+#[test]
+fn a_crew_call_moved_to_another_element_while_the_sync_waited_is_synced_on_the_new_one() {
+    let (db, sim, mut job) = setup("moved");
+    let mut client = db.connect();
+    assert_eq!(sync(&mut client, &job.id)["ok"], true);
+    let mut holder = db.connect();
+    let mut holding = holder.transaction().unwrap();
+    holding
+        .execute("SELECT pg_advisory_xact_lock(x'464C5853'::integer, hashtext($1 || '/sound'))", &[&job.id])
+        .unwrap();
+    let waiter = {
+        let (conninfo, job) = (db.conninfo.clone(), job.id.clone());
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+            query_summary(&mut client, &job)
+        })
+    };
+    wait_for("the sync to wait for the crew call's lock", std::time::Duration::from_secs(20), || {
+        let waiting: i64 = client
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .unwrap()
+            .get(0);
+        waiting == 1
+    });
+    sim.reset_calls();
+    let moved: String = holding
+        .query_one(
+            "UPDATE flex_crew_calls SET flex_element_id = gen_random_uuid()
+             WHERE job_id = $1::text::uuid AND department = 'sound' RETURNING flex_element_id::text",
+            &[&job.id],
+        )
+        .unwrap()
+        .get(0);
+    holding.commit().unwrap();
+    let result = waiter.join().unwrap();
+    let sound = &result["summary"]["sound"];
+    assert_eq!(sound["status"], "ok", "{result}");
+    assert_eq!(sound["added"], 6, "every technician added on the new element: {result}");
+    assert_eq!(sound["stale_removed"], 6, "the rows of the old element go: {result}");
+    // The old element's listing was sent before the crew was read; its answer counted for nothing.
+    wait_for("both listings to reach the simulator", std::time::Duration::from_secs(10), || {
+        sim.calls().get("list").copied() == Some(2)
+    });
+    let old = job.elements.insert("sound".into(), moved).unwrap();
+    assert_eq!(sim.contacts(&old).len(), 6, "nothing was done on the old element");
+    assert_converged(&mut client, &sim, &job);
+}
+
+fn query_summary(client: &mut postgres::Client, job: &str) -> serde_json::Value {
+    let text: String =
+        client.query_one("SELECT flex_sync_job($1::text::uuid, ARRAY['sound'])::text", &[&job]).unwrap().get(0);
+    serde_json::from_str(&text).unwrap()
+}

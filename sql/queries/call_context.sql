@@ -1,5 +1,7 @@
 -- What a flex_sync_job call checks its input against and runs with, in one statement. $1 the job.
 -- departments: the job's crew calls' departments (trimmed, lower-cased, sorted).
+-- elements: each of those departments' Flex element (read before the lock: the sync lists it as
+-- soon as the lock is held, and lists again if the crew call read under the lock names another).
 -- caller: the role PostgREST set (SET LOCAL ROLE) and the JWT subject.
 -- time_left_ms: what is left of statement_timeout, NULL without one.
 -- rate_limited: whether a recent sync found Flex's hourly budget spent.
@@ -12,8 +14,8 @@
 SELECT json_build_object(
     'isolation', current_setting('transaction_isolation'),
     'job_exists', EXISTS (SELECT 1 FROM public.jobs WHERE id = $1::uuid),
-    'departments', (SELECT coalesce(json_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]')
-                    FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid),
+    'departments', crew_calls.departments,
+    'elements', crew_calls.elements,
     'caller', coalesce(nullif(current_setting('role'), 'none'), session_user::text)
               || coalesce(' sub=' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), ''),
     'time_left_ms', CASE WHEN current_setting('statement_timeout') IN ('0', '0ms') THEN NULL
@@ -22,3 +24,6 @@ SELECT json_build_object(
                     END,
     'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false),
     'settings', (SELECT row_to_json(s) FROM flex_sync_private.effective_settings() s WHERE s.base_url IS NOT NULL))::text
+FROM (SELECT coalesce(json_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]') AS departments,
+             coalesce(json_object_agg(lower(btrim(c.department)), c.flex_element_id), '{}') AS elements
+      FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid) crew_calls
