@@ -181,30 +181,15 @@ pub struct StoredCrew {
 
 /// One statement for the whole read: it is most of a no-change sync's database time.
 pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard: Guard) -> Result<Option<StoredCrew>> {
-    #[derive(Deserialize)]
-    struct Desired {
-        t: String,
-        r: String,
-        c: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct Row {
-        t: String,
-        l: String,
-    }
-    #[derive(Deserialize)]
-    struct Known {
-        l: String,
-        c: bool,
-        r: Option<String>,
-    }
+    /// A set of rows as load_crew.sql gives it: one list per column (None for no rows).
+    type Columns<A, B, C> = (Option<Vec<A>>, Option<Vec<B>>, Option<Vec<C>>);
     #[derive(Deserialize)]
     struct Stored {
         id: String,
         element: String,
-        desired: Option<Vec<Desired>>,
-        rows: Option<Vec<Row>>,
-        known: Option<Vec<Known>>,
+        desired: Columns<String, String, Option<String>>,
+        rows: (Option<Vec<String>>, Option<Vec<String>>),
+        known: Columns<String, bool, Option<String>>,
         audited: Option<Vec<String>>,
         roles: Option<HashMap<String, String>>,
         held: bool,
@@ -214,28 +199,30 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
         &[job.into(), department.into()],
     )?;
     Ok(stored.map(|s| {
-        let mut known: HashMap<String, KnownLine> = s
-            .known
-            .unwrap_or_default()
-            .into_iter()
-            .map(|k| (k.l, KnownLine { created_by_sync: k.c, applied_role: k.r }))
+        let (lines, created, applied) = s.known;
+        let mut known: HashMap<String, KnownLine> = zip3(lines, created, applied)
+            .map(|(l, c, r)| (l, KnownLine { created_by_sync: c, applied_role: r }))
             .collect();
         // A line a removed duplicate row pointed at is a contact the application made.
         for line in s.audited.unwrap_or_default() {
             known.entry(line).or_default().created_by_sync = true;
         }
+        let (technicians, resources, role_codes) = s.desired;
+        let (row_technicians, row_lines) = s.rows;
         let input = CrewInput {
             department: department.to_string(),
             flex_element_id: s.element,
             orphan_policy,
             guard,
-            desired: s
-                .desired
+            desired: zip3(technicians, resources, role_codes)
+                .map(|(t, r, c)| DesiredTech { technician_id: t, resource_id: r, role_code: c })
+                .collect(),
+            rows: row_technicians
                 .unwrap_or_default()
                 .into_iter()
-                .map(|d| DesiredTech { technician_id: d.t, resource_id: d.r, role_code: d.c })
+                .zip(row_lines.unwrap_or_default())
+                .map(|(t, l)| DbRow { technician_id: t, line_id: l })
                 .collect(),
-            rows: s.rows.unwrap_or_default().into_iter().map(|r| DbRow { technician_id: r.t, line_id: r.l }).collect(),
             known,
             roles: RoleMap(
                 s.roles
@@ -247,6 +234,12 @@ pub fn load_crew(job: &str, department: &str, orphan_policy: OrphanPolicy, guard
         };
         StoredCrew { id: s.id, held: s.held, input }
     }))
+}
+
+/// The rows of three columns read as lists of one length.
+fn zip3<A, B, C>(a: Option<Vec<A>>, b: Option<Vec<B>>, c: Option<Vec<C>>) -> impl Iterator<Item = (A, B, C)> {
+    let rows = a.unwrap_or_default().into_iter().zip(b.unwrap_or_default());
+    rows.zip(c.unwrap_or_default()).map(|((a, b), c)| (a, b, c))
 }
 
 /// The crew call a department's outcome is written for.

@@ -4,6 +4,9 @@
 //! public client reads is accepted here, and anything that cannot be recognised as a contact is
 //! left alone rather than guessed at: a node we cannot classify is never a candidate for deletion.
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// One contact line of a crew call, as Flex lists it.
@@ -32,17 +35,6 @@ pub enum ResponseError {
     NotAnArray(&'static str),
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A string id under one of several keys, with dotted paths for nested objects.
 fn first_id(node: &Value, paths: &[&str]) -> Option<String> {
     paths.iter().find_map(|path| {
@@ -55,68 +47,399 @@ fn first_id(node: &Value, paths: &[&str]) -> Option<String> {
     })
 }
 
-fn line_type(node: &Value) -> Option<String> {
-    ["managedResourceLineItemType", "type"].iter().find_map(|key| match node.get(*key) {
-        Some(Value::String(s)) => Some(s.trim().to_ascii_lowercase()),
-        Some(Value::Object(o)) => o
-            .get("name")
-            .or_else(|| o.get("code"))
-            .and_then(Value::as_str)
-            .map(|s| s.trim().to_ascii_lowercase()),
-        _ => None,
-    })
-}
-
-fn children(node: &Value) -> Vec<&Value> {
-    ["children", "items"]
-        .iter()
-        .filter_map(|key| node.get(*key).and_then(Value::as_array))
-        .chain(node.get("data").and_then(|d| d.get("children")).and_then(Value::as_array))
-        .flatten()
-        .collect()
-}
-
-fn business_role(node: &Value) -> Option<String> {
-    first_id(
-        node,
-        &["business-role", "business-role.id", "business-role.data", "businessRole", "businessRole.id"],
-    )
-}
-
 /// Parses a `GET /line-item/{el}/row-data/` body: a bare array of rows nested through `children`.
+///
+/// Every node is read as it streams by, keeping only the keys below (no tree of JSON values is
+/// built: the listing is the one answer every sync parses). Which keys count, and in which order
+/// of preference:
+/// - the line id: `id`, `lineItemId`, `lineItem.id`; the resource: `resourceId`, `resource.id`,
+///   `resource.resourceId` (a non-empty string, trimmed, or a number);
+/// - the line type: `managedResourceLineItemType`, then `type`, each a string or an object with
+///   `name` (else `code`), lower-cased;
+/// - the business role: `business-role`, `business-role.id`, `business-role.data`,
+///   `businessRole`, `businessRole.id`;
+/// - the children: `children`, `items` and `data.children`, all of them, in that order.
+///
+/// A key given twice counts as its last value, as in a JSON object read whole.
 pub fn parse_listing(body: &[u8]) -> Result<CrewListing, ResponseError> {
-    let root: Value = serde_json::from_slice(body).map_err(|_| ResponseError::NotJson)?;
-    let rows = match &root {
-        Value::Array(rows) => rows.iter().collect::<Vec<_>>(),
-        other => return Err(ResponseError::NotAnArray(kind_of(other))),
+    let rows = match serde_json::from_slice::<Root>(body).map_err(|_| ResponseError::NotJson)? {
+        Root::Rows(rows) => rows,
+        Root::Other(kind) => return Err(ResponseError::NotAnArray(kind)),
     };
     let mut listing = CrewListing::default();
     let mut stack = rows;
     stack.reverse();
     while let Some(node) = stack.pop() {
-        let kids = children(node);
-        let line_id = first_id(node, &["id", "lineItemId", "lineItem.id"]);
-        let resource_id = first_id(node, &["resourceId", "resource.id", "resource.resourceId"]);
-        let kind = line_type(node);
-        let is_contact = match kind.as_deref() {
+        let is_contact = match node.kind.as_deref() {
             Some("contact") => true,
             // An untyped leaf that names a resource is how some tenants show a crew row; an
             // untyped node with children is a container and never a contact.
-            None => kids.is_empty() && resource_id.is_some(),
+            None => node.kids.is_empty() && node.resource_id.is_some(),
             Some(_) => false,
         };
-        match (line_id, resource_id, is_contact) {
-            (Some(line_id), Some(resource_id), true) => listing.contacts.push(FlexContact {
-                line_id,
-                resource_id,
-                business_role: business_role(node),
-            }),
+        match (node.line_id, node.resource_id, is_contact) {
+            (Some(line_id), Some(resource_id), true) => {
+                listing.contacts.push(FlexContact { line_id, resource_id, business_role: node.business_role })
+            }
             (Some(line_id), _, _) => listing.other_line_ids.push(line_id),
             (None, _, _) => {}
         }
-        stack.extend(kids.into_iter().rev());
+        stack.extend(node.kids.into_iter().rev());
     }
     Ok(listing)
+}
+
+/// The body of a listing: its rows, or what it is instead of an array.
+enum Root {
+    Rows(Vec<Node>),
+    Other(&'static str),
+}
+
+/// What one node of the tree says (anything that is not an object says nothing).
+#[derive(Default)]
+struct Node {
+    line_id: Option<String>,
+    resource_id: Option<String>,
+    kind: Option<String>,
+    business_role: Option<String>,
+    kids: Vec<Node>,
+}
+
+/// A value read for the ids it holds: itself when it is an id, or an object's `id`, `data` and
+/// `resourceId` when those are.
+#[derive(Default)]
+struct Ids {
+    itself: Option<String>,
+    id: Option<String>,
+    data: Option<String>,
+    resource_id: Option<String>,
+}
+
+/// A line type: a string, or an object's `name` (its `code` when it has no `name`).
+#[derive(Default)]
+struct Kind(Option<String>);
+
+/// A string, trimmed and lower-cased; nothing for any other value.
+#[derive(Default)]
+struct Text(Option<String>);
+
+/// The nodes of an array, none for anything else.
+#[derive(Default)]
+struct Kids(Vec<Node>);
+
+/// An object's `children`.
+#[derive(Default)]
+struct Data(Kids);
+
+/// What an id is when given as a string or a number.
+fn id_of_str(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn id_of_f64(v: f64) -> Option<String> {
+    serde_json::Number::from_f64(v).map(|n| n.to_string())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// The visitor methods of a value that means nothing unless it is of the kinds the visitor reads
+/// itself: every other kind is skipped and gives the default.
+macro_rules! nothing_from {
+    ($($method:ident($($arg:ty)?)),*) => {
+        $(fn $method<E: de::Error>(self $(, _: $arg)?) -> Result<Self::Value, E> { Ok(Default::default()) })*
+    };
+}
+
+macro_rules! nothing_from_containers {
+    (map) => {
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            skip_map(map).map(|_| Default::default())
+        }
+    };
+    (seq) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            skip_seq(seq).map(|_| Default::default())
+        }
+    };
+}
+
+/// Implements `Deserialize` for a type read by a visitor of the same name with `Visitor` after it.
+macro_rules! read_with {
+    ($target:ident, $visitor:ident) => {
+        impl<'de> Deserialize<'de> for $target {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_any($visitor)
+            }
+        }
+    };
+}
+
+struct RootVisitor;
+read_with!(Root, RootVisitor);
+
+impl<'de> Visitor<'de> for RootVisitor {
+    type Value = Root;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Root, A::Error> {
+        KidsVisitor.visit_seq(seq).map(|kids| Root::Rows(kids.0))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Root, A::Error> {
+        skip_map(map).map(|_| Root::Other("an object"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Root, E> {
+        Ok(Root::Other("a string"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Root, E> {
+        Ok(Root::Other("a boolean"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Root, E> {
+        Ok(Root::Other("a number"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Root, E> {
+        Ok(Root::Other("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Root, E> {
+        Ok(Root::Other("a number"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Root, E> {
+        Ok(Root::Other("null"))
+    }
+}
+
+struct KidsVisitor;
+read_with!(Kids, KidsVisitor);
+
+impl<'de> Visitor<'de> for KidsVisitor {
+    type Value = Kids;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kids, A::Error> {
+        let mut kids = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(node) = seq.next_element::<Node>()? {
+            kids.push(node);
+        }
+        Ok(Kids(kids))
+    }
+    nothing_from_containers!(map);
+    nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
+}
+
+/// The keys of a node, or of an object inside one, that the listing reads.
+enum Key {
+    Id,
+    LineItemId,
+    LineItem,
+    ResourceId,
+    Resource,
+    LineItemType,
+    Type,
+    Children,
+    Items,
+    Data,
+    BusinessRoleDashed,
+    BusinessRole,
+    Name,
+    Code,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "id" => Key::Id,
+                    "lineItemId" => Key::LineItemId,
+                    "lineItem" => Key::LineItem,
+                    "resourceId" => Key::ResourceId,
+                    "resource" => Key::Resource,
+                    "managedResourceLineItemType" => Key::LineItemType,
+                    "type" => Key::Type,
+                    "children" => Key::Children,
+                    "items" => Key::Items,
+                    "data" => Key::Data,
+                    "business-role" => Key::BusinessRoleDashed,
+                    "businessRole" => Key::BusinessRole,
+                    "name" => Key::Name,
+                    "code" => Key::Code,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct NodeVisitor;
+read_with!(Node, NodeVisitor);
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let (mut line, mut line_item_id, mut line_item) = (Ids::default(), Ids::default(), Ids::default());
+        let (mut resource_id, mut resource) = (Ids::default(), Ids::default());
+        let (mut line_item_type, mut kind) = (Kind::default(), Kind::default());
+        let (mut children, mut items, mut data) = (Kids::default(), Kids::default(), Data::default());
+        let (mut role_dashed, mut role) = (Ids::default(), Ids::default());
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Id => line = map.next_value()?,
+                Key::LineItemId => line_item_id = map.next_value()?,
+                Key::LineItem => line_item = map.next_value()?,
+                Key::ResourceId => resource_id = map.next_value()?,
+                Key::Resource => resource = map.next_value()?,
+                Key::LineItemType => line_item_type = map.next_value()?,
+                Key::Type => kind = map.next_value()?,
+                Key::Children => children = map.next_value()?,
+                Key::Items => items = map.next_value()?,
+                Key::Data => data = map.next_value()?,
+                Key::BusinessRoleDashed => role_dashed = map.next_value()?,
+                Key::BusinessRole => role = map.next_value()?,
+                Key::Name | Key::Code | Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let mut kids = children.0;
+        kids.extend(items.0);
+        kids.extend(data.0 .0);
+        Ok(Node {
+            line_id: line.itself.or(line_item_id.itself).or(line_item.id),
+            resource_id: resource_id.itself.or(resource.id).or(resource.resource_id),
+            kind: line_item_type.0.or(kind.0),
+            business_role: role_dashed.itself.or(role_dashed.id).or(role_dashed.data).or(role.itself).or(role.id),
+            kids,
+        })
+    }
+    nothing_from_containers!(seq);
+    nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
+}
+
+struct IdsVisitor;
+read_with!(Ids, IdsVisitor);
+
+impl<'de> Visitor<'de> for IdsVisitor {
+    type Value = Ids;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Ids, E> {
+        Ok(Ids { itself: id_of_str(s), ..Ids::default() })
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ids, E> {
+        Ok(Ids { itself: Some(v.to_string()), ..Ids::default() })
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ids, E> {
+        Ok(Ids { itself: Some(v.to_string()), ..Ids::default() })
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ids, E> {
+        Ok(Ids { itself: id_of_f64(v), ..Ids::default() })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ids, A::Error> {
+        let mut ids = Ids::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Id => ids.id = map.next_value::<Ids>()?.itself,
+                Key::Data => ids.data = map.next_value::<Ids>()?.itself,
+                Key::ResourceId => ids.resource_id = map.next_value::<Ids>()?.itself,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(ids)
+    }
+    nothing_from_containers!(seq);
+    nothing_from!(visit_bool(bool), visit_unit());
+}
+
+struct KindVisitor;
+read_with!(Kind, KindVisitor);
+
+impl<'de> Visitor<'de> for KindVisitor {
+    type Value = Kind;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
+        TextVisitor.visit_str(s).map(|text| Kind(text.0))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+        // `name` decides when it is there, a string or not; `code` only without it.
+        let (mut name, mut code) = (None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Name => name = Some(map.next_value::<Text>()?.0),
+                Key::Code => code = map.next_value::<Text>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Kind(name.unwrap_or(code)))
+    }
+    nothing_from_containers!(seq);
+    nothing_from!(visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
+}
+
+struct TextVisitor;
+read_with!(Text, TextVisitor);
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+        Ok(Text(Some(s.trim().to_ascii_lowercase())))
+    }
+    nothing_from_containers!(map);
+    nothing_from_containers!(seq);
+    nothing_from!(visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
+}
+
+struct DataVisitor;
+read_with!(Data, DataVisitor);
+
+impl<'de> Visitor<'de> for DataVisitor {
+    type Value = Data;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+        let mut data = Data::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Children => data = Data(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(data)
+    }
+    nothing_from_containers!(seq);
+    nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
 }
 
 /// The line id an add-resource answer names for the new contact, if any.
@@ -182,6 +505,117 @@ mod tests {
             vec![("l1", "r1", Some("b1")), ("l2", "r2", None), ("l3", "r3", None), ("l4", "r4", None)]
         );
         assert_eq!(listing.other_line_ids, vec!["g1", "n1", "eq", "c9"]);
+    }
+
+    /// The listing as a whole JSON tree reads it: the reading `parse_listing` streams, kept as
+    /// the oracle it is checked against.
+    fn listing_of_tree(body: &[u8]) -> Result<CrewListing, ResponseError> {
+        fn line_type(node: &Value) -> Option<String> {
+            ["managedResourceLineItemType", "type"].iter().find_map(|key| match node.get(*key) {
+                Some(Value::String(s)) => Some(s.trim().to_ascii_lowercase()),
+                Some(Value::Object(o)) => {
+                    o.get("name").or_else(|| o.get("code")).and_then(Value::as_str).map(|s| s.trim().to_ascii_lowercase())
+                }
+                _ => None,
+            })
+        }
+        fn children(node: &Value) -> Vec<&Value> {
+            ["children", "items"]
+                .iter()
+                .filter_map(|key| node.get(*key).and_then(Value::as_array))
+                .chain(node.get("data").and_then(|d| d.get("children")).and_then(Value::as_array))
+                .flatten()
+                .collect()
+        }
+        let root: Value = serde_json::from_slice(body).map_err(|_| ResponseError::NotJson)?;
+        let Value::Array(rows) = &root else {
+            return Err(ResponseError::NotAnArray(match root {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                _ => "an object",
+            }));
+        };
+        let mut listing = CrewListing::default();
+        let mut stack: Vec<&Value> = rows.iter().rev().collect();
+        while let Some(node) = stack.pop() {
+            let kids = children(node);
+            let line_id = first_id(node, &["id", "lineItemId", "lineItem.id"]);
+            let resource_id = first_id(node, &["resourceId", "resource.id", "resource.resourceId"]);
+            let is_contact = match line_type(node).as_deref() {
+                Some("contact") => true,
+                None => kids.is_empty() && resource_id.is_some(),
+                Some(_) => false,
+            };
+            let role = ["business-role", "business-role.id", "business-role.data", "businessRole", "businessRole.id"];
+            match (line_id, resource_id, is_contact) {
+                (Some(line_id), Some(resource_id), true) => {
+                    listing.contacts.push(FlexContact { line_id, resource_id, business_role: first_id(node, &role) })
+                }
+                (Some(line_id), _, _) => listing.other_line_ids.push(line_id),
+                (None, _, _) => {}
+            }
+            stack.extend(kids.into_iter().rev());
+        }
+        Ok(listing)
+    }
+
+    /// Random JSON text in the listing's vocabulary: every key it reads, nested where it reads
+    /// them, with values of every kind, keys given twice and keys spelled with escapes.
+    fn random_json(rng: &mut crate::simulation::rng::Rng, depth: usize, out: &mut String) {
+        const KEYS: [&str; 17] = [
+            "id", "lineItemId", "lineItem", "resourceId", "resource", "managedResourceLineItemType", "type",
+            "children", "items", "data", "business-role", "businessRole", "name", "code", "\\u0069d", "leaf", "x",
+        ];
+        const STRINGS: [&str; 9] = ["\"l1\"", "\" r2 \"", "\"\"", "\"  \"", "\"Contact\"", "\"CONTACT \"", "\"note\"", "\"a\\\"b\"", "\"r\\u0031\""];
+        const SCALARS: [&str; 8] = ["7", "-3", "2.5", "1e3", "true", "false", "null", "18446744073709551615"];
+        match rng.below(if depth == 0 { 3 } else { 6 }) {
+            0 => out.push_str(*rng.pick(&STRINGS)),
+            1 => out.push_str(*rng.pick(&SCALARS)),
+            2 => out.push_str(*rng.pick(&STRINGS)),
+            3 | 4 => {
+                // Most objects start as a contact would, for the keys after them to contradict.
+                out.push_str(if rng.percent(60) { r#"{"id":"l","resourceId":"r""# } else { "{" });
+                for i in 0..rng.below(7) {
+                    if i > 0 || out.ends_with('"') {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    out.push_str(*rng.pick(&KEYS));
+                    out.push_str("\":");
+                    random_json(rng, depth - 1, out);
+                }
+                out.push('}');
+            }
+            _ => {
+                out.push('[');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    random_json(rng, depth - 1, out);
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    #[test]
+    fn reads_every_body_as_the_whole_json_tree_does() {
+        let mut rng = crate::simulation::rng::Rng::new(16);
+        let mut contacts = 0;
+        for _ in 0..20_000 {
+            let mut body = String::new();
+            random_json(&mut rng, 5, &mut body);
+            if rng.percent(70) {
+                body = format!("[{body}]");
+            }
+            let expected = listing_of_tree(body.as_bytes());
+            assert_eq!(parse_listing(body.as_bytes()), expected, "{body}");
+            contacts += expected.map_or(0, |l| l.contacts.len());
+        }
+        assert!(contacts > 1_000, "the bodies held only {contacts} contacts");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 mod db;
 mod flex;
-mod rng;
+pub(crate) mod rng;
 
 use std::collections::BTreeMap;
 use std::fmt;
