@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flex_sync_core::endpoints::{FlexCall, Method};
 use flex_sync_core::flex_response::{is_budget_exhausted, parse_added_line_id};
 use flex_sync_core::protocol::{Answer, ErrorCode, Failure, Outcome, Request};
-use flex_sync_core::settings::{check_resolved, DestinationRefused, FlexOrigin, Options};
+use flex_sync_core::settings::{check_resolved, CheckedAnswers, DestinationRefused, FlexOrigin, Options};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -262,7 +262,8 @@ fn shared_agent(connect_timeout_ms: u64, allow_insecure_loopback: bool) -> ureq:
                 .proxy(None)
                 .user_agent(concat!("flex_sync/", env!("CARGO_PKG_VERSION")))
                 .build();
-            let resolver = CheckedResolver { inner: DefaultResolver::default(), allow_insecure_loopback };
+            let resolver =
+                CheckedResolver { inner: DefaultResolver::default(), allow_insecure_loopback, answers: Default::default() };
             let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
             *cached = Some((key, agent.clone()));
             agent
@@ -278,6 +279,8 @@ struct CheckedResolver {
     /// Does the lookup, so that the request's timeouts still bound it.
     inner: DefaultResolver,
     allow_insecure_loopback: bool,
+    /// Checked answers for host names, shared by the backend's workers.
+    answers: Mutex<CheckedAnswers>,
 }
 
 impl Resolver for CheckedResolver {
@@ -289,20 +292,29 @@ impl Resolver for CheckedResolver {
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         // A literal address needs no lookup, and the default resolver would start a thread
         // for it on every request.
-        let literal = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')).and_then(|h| h.parse::<IpAddr>().ok());
-        let addrs = match literal {
-            Some(ip) => {
-                let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-                let mut addrs = self.empty();
-                addrs.push(SocketAddr::new(ip, port));
-                addrs
-            }
-            None => self.inner.resolve(uri, config, timeout)?,
-        };
-        // ureq returns a resolver's error from the call as it is, for classify_transport_error.
-        check_resolved(addrs, self.allow_insecure_loopback)
-            .map_err(|refused| ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, refused)))
+        let host = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        let mut addrs = self.empty();
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            addrs.push(SocketAddr::new(ip, port));
+            // ureq returns a resolver's error from the call as it is, for classify_transport_error.
+            return check_resolved(addrs, self.allow_insecure_loopback).map_err(refused);
+        }
+        let now = Instant::now();
+        if let Some(kept) = self.answers.lock().unwrap_or_else(|e| e.into_inner()).get(host, port, now) {
+            // Checked when it was kept.
+            kept.iter().for_each(|addr| addrs.push(*addr));
+            return Ok(addrs);
+        }
+        let addrs = check_resolved(self.inner.resolve(uri, config, timeout)?, self.allow_insecure_loopback).map_err(refused)?;
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).keep(host, port, &addrs, now);
+        Ok(addrs)
     }
+}
+
+/// A refused destination as ureq passes a resolver's error on.
+fn refused(refused: DestinationRefused) -> ureq::Error {
+    ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, refused))
 }
 
 struct Worker {

@@ -1,8 +1,10 @@
 //! The client options a DBA sets with `flex_sync_configure`, and the Flex origin they apply to.
 //! Validation lives here so that configure time and call time apply one rule.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Deref;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -325,6 +327,35 @@ pub fn check_resolved<A: Deref<Target = [SocketAddr]>>(
     Ok(addrs)
 }
 
+/// How long a checked answer for a host name is used before the name is resolved again. ureq
+/// resolves before it looks for a kept-alive connection, so without this every Flex call would
+/// wait for a lookup (a thread and a DNS round trip each), even on a connection already open.
+pub const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+/// Answers for host names that passed `check_resolved`, each kept for `RESOLVED_FOR`: a name is
+/// still checked once per answer, and only checked addresses are ever handed out.
+#[derive(Debug, Default)]
+pub struct CheckedAnswers {
+    answers: HashMap<(String, u16), (Instant, Vec<SocketAddr>)>,
+}
+
+impl CheckedAnswers {
+    /// The checked addresses of `host:port`, if they were resolved less than `RESOLVED_FOR` ago.
+    pub fn get(&self, host: &str, port: u16, now: Instant) -> Option<&[SocketAddr]> {
+        let (resolved, addrs) = self.answers.get(&(host.to_string(), port))?;
+        (now.saturating_duration_since(*resolved) < RESOLVED_FOR).then_some(addrs.as_slice())
+    }
+
+    /// Keeps an answer that passed the check; an answer of no address is not kept.
+    pub fn keep(&mut self, host: &str, port: u16, addrs: &[SocketAddr], now: Instant) {
+        // Answers that ran out go first, so a backend that has called many names keeps few.
+        self.answers.retain(|_, (resolved, _)| now.saturating_duration_since(*resolved) < RESOLVED_FOR);
+        if !addrs.is_empty() {
+            self.answers.insert((host.to_string(), port), (now, addrs.to_vec()));
+        }
+    }
+}
+
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     let (host, port) = if authority.starts_with('[') {
         let end = authority.find(']')?;
@@ -545,5 +576,22 @@ mod tests {
             assert_eq!(check_resolved(mixed.clone(), false), Err(DestinationRefused), "{private}");
             assert_eq!(check_resolved(mixed.clone(), true), Ok(mixed), "the loopback switch allows it");
         }
+    }
+
+    #[test]
+    fn a_checked_answer_serves_its_host_and_port_until_it_runs_out() {
+        let start = Instant::now();
+        let addrs: Vec<SocketAddr> = vec!["203.0.113.7:443".parse().unwrap(), "[2001:db8::7]:443".parse().unwrap()];
+        let mut answers = CheckedAnswers::default();
+        assert_eq!(answers.get("flex.example", 443, start), None);
+        answers.keep("flex.example", 443, &addrs, start);
+        assert_eq!(answers.get("flex.example", 443, start + RESOLVED_FOR / 2), Some(addrs.as_slice()));
+        assert_eq!(answers.get("flex.example", 8443, start), None, "another port is another answer");
+        assert_eq!(answers.get("other.example", 443, start), None);
+        assert_eq!(answers.get("flex.example", 443, start + RESOLVED_FOR), None, "ran out");
+        answers.keep("other.example", 443, &addrs, start + RESOLVED_FOR);
+        assert_eq!(answers.answers.len(), 1, "the answer that ran out went");
+        answers.keep("empty.example", 443, &[], start + RESOLVED_FOR);
+        assert_eq!(answers.get("empty.example", 443, start + RESOLVED_FOR), None, "no address, nothing kept");
     }
 }
