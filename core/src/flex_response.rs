@@ -172,25 +172,29 @@ macro_rules! nothing_from_containers {
     };
 }
 
-/// Implements `Deserialize` for a type read by a visitor of the same name with `Visitor` after it.
-macro_rules! read_with {
-    ($target:ident, $visitor:ident) => {
+/// A type read by a visitor of its own: the visitor's unit struct, `Deserialize` for the type
+/// through it, and the visitor with the methods given.
+macro_rules! reader {
+    ($target:ident, $visitor:ident { $($methods:tt)* }) => {
+        struct $visitor;
+
         impl<'de> Deserialize<'de> for $target {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 deserializer.deserialize_any($visitor)
             }
         }
+
+        impl<'de> Visitor<'de> for $visitor {
+            type Value = $target;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            $($methods)*
+        }
     };
 }
 
-struct RootVisitor;
-read_with!(Root, RootVisitor);
-
-impl<'de> Visitor<'de> for RootVisitor {
-    type Value = Root;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Root, RootVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Root, A::Error> {
         KidsVisitor.visit_seq(seq).map(|kids| Root::Rows(kids.0))
     }
@@ -215,16 +219,9 @@ impl<'de> Visitor<'de> for RootVisitor {
     fn visit_unit<E: de::Error>(self) -> Result<Root, E> {
         Ok(Root::Other("null"))
     }
-}
+});
 
-struct KidsVisitor;
-read_with!(Kids, KidsVisitor);
-
-impl<'de> Visitor<'de> for KidsVisitor {
-    type Value = Kids;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Kids, KidsVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kids, A::Error> {
         let mut kids = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(node) = seq.next_element::<Node>()? {
@@ -234,7 +231,7 @@ impl<'de> Visitor<'de> for KidsVisitor {
     }
     nothing_from_containers!(map);
     nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
-}
+});
 
 /// The keys of a node, or of an object inside one, that the listing reads.
 enum Key {
@@ -287,14 +284,7 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-struct NodeVisitor;
-read_with!(Node, NodeVisitor);
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Node, NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let (mut line, mut line_item_id, mut line_item) = (Ids::default(), Ids::default(), Ids::default());
         let (mut resource_id, mut resource) = (Ids::default(), Ids::default());
@@ -333,16 +323,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
     nothing_from_containers!(seq);
     nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
-}
+});
 
-struct IdsVisitor;
-read_with!(Ids, IdsVisitor);
-
-impl<'de> Visitor<'de> for IdsVisitor {
-    type Value = Ids;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Ids, IdsVisitor {
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Ids, E> {
         Ok(Ids { itself: id_of_str(s), ..Ids::default() })
     }
@@ -371,16 +354,9 @@ impl<'de> Visitor<'de> for IdsVisitor {
     }
     nothing_from_containers!(seq);
     nothing_from!(visit_bool(bool), visit_unit());
-}
+});
 
-struct KindVisitor;
-read_with!(Kind, KindVisitor);
-
-impl<'de> Visitor<'de> for KindVisitor {
-    type Value = Kind;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Kind, KindVisitor {
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
         TextVisitor.visit_str(s).map(|text| Kind(text.0))
     }
@@ -400,32 +376,18 @@ impl<'de> Visitor<'de> for KindVisitor {
     }
     nothing_from_containers!(seq);
     nothing_from!(visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
-}
+});
 
-struct TextVisitor;
-read_with!(Text, TextVisitor);
-
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Text;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Text, TextVisitor {
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
         Ok(Text(Some(s.trim().to_ascii_lowercase())))
     }
     nothing_from_containers!(map);
     nothing_from_containers!(seq);
     nothing_from!(visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
-}
+});
 
-struct DataVisitor;
-read_with!(Data, DataVisitor);
-
-impl<'de> Visitor<'de> for DataVisitor {
-    type Value = Data;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
+reader!(Data, DataVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
         let mut data = Data::default();
         while let Some(key) = map.next_key::<Key>()? {
@@ -440,7 +402,7 @@ impl<'de> Visitor<'de> for DataVisitor {
     }
     nothing_from_containers!(seq);
     nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
-}
+});
 
 /// The line id an add-resource answer names for the new contact, if any.
 ///
