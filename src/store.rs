@@ -4,6 +4,7 @@
 //! `load_crew`, `write_log`), more when rows or line records change (`write_rows`), when rows go
 //! (`delete_rows`) and when the queue held the item (`release_hold`).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use flex_sync_core::guard::Guard;
@@ -38,13 +39,14 @@ fn first_value_prepared<T: pgrx::FromDatum + pgrx::IntoDatum>(
     let result = Spi::connect_mut(|client| {
         PREPARED.with(|prepared| {
             let mut prepared = prepared.borrow_mut();
-            let key = sql.as_ptr() as usize;
-            if !prepared.contains_key(&key) {
-                let types: Vec<pgrx::pg_sys::PgOid> = args.iter().map(|a| a.oid().into()).collect();
-                prepared.insert(key, client.prepare_mut(sql, &types)?.keep());
-            }
-            let statement = prepared.get(&key).expect("inserted above");
-            client.update(statement, Some(1), args)?.first().get_one::<T>()
+            let statement = match prepared.entry(sql.as_ptr() as usize) {
+                Entry::Occupied(kept) => kept.into_mut(),
+                Entry::Vacant(slot) => {
+                    let types: Vec<pgrx::pg_sys::PgOid> = args.iter().map(|a| a.oid().into()).collect();
+                    slot.insert(client.prepare_mut(sql, &types)?.keep())
+                }
+            };
+            client.update(&*statement, Some(1), args)?.first().get_one::<T>()
         })
     });
     no_row_is_none(result)
