@@ -1,7 +1,8 @@
 //! The guarded outbound client. Every Flex request runs on a worker thread that never touches
 //! Postgres; the backend thread waits on a channel and checks for interrupts between waits, so
-//! `pg_cancel_backend` and `statement_timeout` stop a sync while a call hangs. Workers left behind
-//! by a cancel finish on their own (bounded by the request timeout) and their answers are dropped.
+//! `pg_cancel_backend` and `statement_timeout` stop a sync while a call hangs. Calls whose answers
+//! nobody waits for any more (a cancel, a listing sent ahead and not used) finish the attempt in
+//! progress (bounded by the request timeout), are not tried again, and no call of theirs starts.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -75,8 +76,8 @@ impl FlexClient {
     }
 
     /// Hands the requests to the workers and returns at once: this thread may do other work (read
-    /// the database) while Flex answers. Dropped without `collect`, the answers are discarded (the
-    /// calls were made all the same).
+    /// the database) while Flex answers. Dropped without `collect`, the answers are discarded: a
+    /// call already made counts, none starts or is tried again.
     pub fn start(&self, requests: Vec<Request>) -> InFlight {
         let total = requests.len();
         let tasks = requests
@@ -84,7 +85,11 @@ impl FlexClient {
             .enumerate()
             .map(|(slot, r)| Task { slot, call: r.call.clone(), role_after_add: r.role_after_add.clone(), follow_up: false })
             .collect();
-        let queue = Arc::new(WorkQueue { state: Mutex::new((tasks, total)), ready: Condvar::new() });
+        let queue = Arc::new(WorkQueue {
+            state: Mutex::new((tasks, total)),
+            ready: Condvar::new(),
+            unwanted: AtomicBool::new(false),
+        });
         let (tx, rx) = mpsc::channel::<Message>();
         let workers = (self.worker.options.max_parallel_requests as usize).max(1).min(total);
         for _ in 0..workers {
@@ -92,7 +97,11 @@ impl FlexClient {
             let (queue, tx) = (Arc::clone(&queue), tx.clone());
             run_on_pool(Box::new(move || {
                 while let Some(task) = queue.take() {
-                    let done = worker.serve(&task);
+                    if queue.unwanted.load(Ordering::SeqCst) {
+                        queue.abandon();
+                        break;
+                    }
+                    let done = worker.serve(&task, &queue.unwanted);
                     // The answer goes out before its follow-up is queued, so it arrives first.
                     if tx.send(done.message).is_err() {
                         // The backend stopped waiting (a cancel): send nothing more.
@@ -103,7 +112,7 @@ impl FlexClient {
                 }
             }));
         }
-        InFlight { requests, answers: rx }
+        InFlight { requests, answers: rx, queue }
     }
 
     /// Waits for every answer of `in_flight`, running `wait` between polls.
@@ -140,16 +149,24 @@ impl FlexClient {
 pub struct InFlight {
     requests: Vec<Request>,
     answers: mpsc::Receiver<Message>,
+    queue: Arc<WorkQueue>,
 }
 
 impl InFlight {
     /// Whether these are exactly the requests in flight, so that their answers answer them.
-    pub fn answers(&self, requests: &[Request]) -> bool {
+    pub fn is_for(&self, requests: &[Request]) -> bool {
         self.requests == requests
     }
 }
 
-/// The calls of one `send_all`, shared by its workers. A role that follows an add is queued
+impl Drop for InFlight {
+    /// Collected or not, nobody waits for these answers any more.
+    fn drop(&mut self) {
+        self.queue.unwanted.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The calls of one `start`, shared by its workers. A role that follows an add is queued
 /// behind the calls not yet started when the add answers (calls that can make more work go
 /// first), and whichever worker is free sends it: the pool never idles while there is work, and
 /// n adds with roles take about ceil(2n / p) rounds.
@@ -157,6 +174,8 @@ struct WorkQueue {
     /// Tasks not yet taken, and tasks not yet finished (taken or not).
     state: Mutex<(VecDeque<Task>, usize)>,
     ready: Condvar,
+    /// Set when the answers are no longer wanted: no task starts, no call is tried again.
+    unwanted: AtomicBool,
 }
 
 impl WorkQueue {
@@ -326,8 +345,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn serve(&self, task: &Task) -> Done {
-        let outcome = self.run(&task.call);
+    fn serve(&self, task: &Task, unwanted: &AtomicBool) -> Done {
+        let outcome = self.run(&task.call, unwanted);
         if task.follow_up {
             return Done { message: Message::FollowUp { slot: task.slot, outcome }, follow_up: None };
         }
@@ -348,14 +367,15 @@ impl Worker {
 
     /// One call with its retries. Only idempotent calls are retried; an add whose answer was lost
     /// is reported as ambiguous and the sync looks before adding again.
-    fn run(&self, call: &FlexCall) -> Outcome {
+    /// `unwanted` set, a failed call is not tried again: nobody reads its answer.
+    fn run(&self, call: &FlexCall, unwanted: &AtomicBool) -> Outcome {
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
             let outcome = self.attempt(call);
             let Outcome::Failure(failure) = &outcome else { return outcome };
             let retryable = call.is_idempotent() && attempt < self.options.retry_max_attempts && failure.is_transient();
-            if !retryable {
+            if !retryable || unwanted.load(Ordering::SeqCst) {
                 return outcome;
             }
             let pause = backoff(attempt);
@@ -363,6 +383,9 @@ impl Worker {
                 return outcome;
             }
             std::thread::sleep(pause);
+            if unwanted.load(Ordering::SeqCst) {
+                return outcome;
+            }
         }
     }
 

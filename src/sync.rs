@@ -102,11 +102,12 @@ pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, w
     let mut summary = Map::new();
     for department in &call.departments {
         store::lock_department(&call.job, department, true)?;
-        let listing = call.list_ahead(department);
+        // Listed after the read, not ahead of it: a preview makes one listing, whatever happened
+        // to the crew call while it waited for the lock.
         let entry = match load(&call.client, &call.job, department, false)? {
             None => Report::skipped(Skip::NoCrewCall).summary(Measured::default()),
             Some(crew) => {
-                let listing = listing_of(&call.client, &crew.input, listing, wait);
+                let listing = listing_of(&call.client, &crew.input, None, wait);
                 protocol::preview(&crew.input, listing)
             }
         };
@@ -130,7 +131,7 @@ impl CheckedCall {
 /// now. Answers in flight for other requests are dropped.
 fn answers_to(client: &FlexClient, requests: Vec<protocol::Request>, in_flight: Option<InFlight>, wait: &dyn Fn()) -> Vec<protocol::Answer> {
     match in_flight {
-        Some(in_flight) if in_flight.answers(&requests) => client.collect(in_flight, wait),
+        Some(in_flight) if in_flight.is_for(&requests) => client.collect(in_flight, wait),
         _ => client.send_all(requests, wait),
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// One contact line of a crew call, as Flex lists it.
@@ -131,6 +131,12 @@ struct Kids(Vec<Node>);
 #[derive(Default)]
 struct Data(Kids);
 
+/// A value the listing does not use, read to the end all the same: a body is JSON whole or not
+/// at all (serde's `IgnoredAny` passes over bad strings, numbers out of range and nesting too
+/// deep, which a whole JSON tree refuses).
+#[derive(Default)]
+struct Skip;
+
 /// What an id is when given as a string or a number.
 fn id_of_str(s: &str) -> Option<String> {
     let s = s.trim();
@@ -142,12 +148,12 @@ fn id_of_f64(v: f64) -> Option<String> {
 }
 
 fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    while map.next_entry::<Skip, Skip>()?.is_some() {}
     Ok(())
 }
 
 fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    while seq.next_element::<Skip>()?.is_some() {}
     Ok(())
 }
 
@@ -306,7 +312,7 @@ reader!(Node, NodeVisitor {
                 Key::BusinessRoleDashed => role_dashed = map.next_value()?,
                 Key::BusinessRole => role = map.next_value()?,
                 Key::Name | Key::Code | Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -346,7 +352,7 @@ reader!(Ids, IdsVisitor {
                 Key::Data => ids.data = map.next_value::<Ids>()?.itself,
                 Key::ResourceId => ids.resource_id = map.next_value::<Ids>()?.itself,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -368,7 +374,7 @@ reader!(Kind, KindVisitor {
                 Key::Name => name = Some(map.next_value::<Text>()?.0),
                 Key::Code => code = map.next_value::<Text>()?.0,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -387,6 +393,12 @@ reader!(Text, TextVisitor {
     nothing_from!(visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
 });
 
+reader!(Skip, SkipVisitor {
+    nothing_from_containers!(map);
+    nothing_from_containers!(seq);
+    nothing_from!(visit_str(&str), visit_bool(bool), visit_u64(u64), visit_i64(i64), visit_f64(f64), visit_unit());
+});
+
 reader!(Data, DataVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
         let mut data = Data::default();
@@ -394,7 +406,7 @@ reader!(Data, DataVisitor {
             match key {
                 Key::Children => data = Data(map.next_value()?),
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -578,6 +590,30 @@ mod tests {
             contacts += expected.map_or(0, |l| l.contacts.len());
         }
         assert!(contacts > 1_000, "the bodies held only {contacts} contacts");
+    }
+
+    /// What a whole JSON tree refuses anywhere in a body, the listing refuses too, also where it
+    /// reads nothing.
+    #[test]
+    fn a_body_is_json_whole_or_not_at_all() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let bad: [&[u8]; 6] = [br#""\ud800""#, b"1e400", b"\"\xff\xfe\"", br#""\q""#, deep.as_bytes(), b"[1,]"];
+        // Where the listing reads nothing: an unknown key, a child that is no node, an unknown
+        // key of a type object, a body that is no array.
+        let around: [(&[u8], &[u8]); 4] = [
+            (br#"[{"id":"l","resourceId":"r","x":"#, b"}]"),
+            (br#"[{"id":"l","children":["#, b"]}]"),
+            (br#"[{"id":"l","type":{"name":"contact","x":"#, b"}}]"),
+            (br#"{"x":"#, b"}"),
+        ];
+        for fragment in bad {
+            for (before, after) in around {
+                let body = [before, fragment, after].concat();
+                let shown = String::from_utf8_lossy(&body);
+                assert_eq!(listing_of_tree(&body), Err(ResponseError::NotJson), "{shown}");
+                assert_eq!(parse_listing(&body), Err(ResponseError::NotJson), "{shown}");
+            }
+        }
     }
 
     #[test]

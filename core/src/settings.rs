@@ -1,7 +1,6 @@
 //! The client options a DBA sets with `flex_sync_configure`, and the Flex origin they apply to.
 //! Validation lives here so that configure time and call time apply one rule.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Deref;
 use std::time::{Duration, Instant};
@@ -336,22 +335,27 @@ pub const RESOLVED_FOR: Duration = Duration::from_secs(30);
 /// still checked once per answer, and only checked addresses are ever handed out.
 #[derive(Debug, Default)]
 pub struct CheckedAnswers {
-    answers: HashMap<(String, u16), (Instant, Vec<SocketAddr>)>,
+    /// Host, port, when resolved, the addresses. A backend calls one origin: a list is enough.
+    answers: Vec<(String, u16, Instant, Vec<SocketAddr>)>,
 }
 
 impl CheckedAnswers {
     /// The checked addresses of `host:port`, if they were resolved less than `RESOLVED_FOR` ago.
     pub fn get(&self, host: &str, port: u16, now: Instant) -> Option<&[SocketAddr]> {
-        let (resolved, addrs) = self.answers.get(&(host.to_string(), port))?;
-        (now.saturating_duration_since(*resolved) < RESOLVED_FOR).then_some(addrs.as_slice())
+        self.answers
+            .iter()
+            .find(|(h, p, resolved, _)| h == host && *p == port && now.saturating_duration_since(*resolved) < RESOLVED_FOR)
+            .map(|(_, _, _, addrs)| addrs.as_slice())
     }
 
-    /// Keeps an answer that passed the check; an answer of no address is not kept.
+    /// Keeps an answer that passed the check, in place of the host's last one; an answer of no
+    /// address is not kept. Answers that ran out go.
     pub fn keep(&mut self, host: &str, port: u16, addrs: &[SocketAddr], now: Instant) {
-        // Answers that ran out go first, so a backend that has called many names keeps few.
-        self.answers.retain(|_, (resolved, _)| now.saturating_duration_since(*resolved) < RESOLVED_FOR);
+        self.answers.retain(|(h, p, resolved, _)| {
+            !(h == host && *p == port) && now.saturating_duration_since(*resolved) < RESOLVED_FOR
+        });
         if !addrs.is_empty() {
-            self.answers.insert((host.to_string(), port), (now, addrs.to_vec()));
+            self.answers.push((host.to_string(), port, now, addrs.to_vec()));
         }
     }
 }

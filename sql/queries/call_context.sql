@@ -25,5 +25,6 @@ SELECT json_build_object(
     'rate_limited', coalesce((SELECT f.rate_limited_until > now() FROM flex_sync_private.flex_state f), false),
     'settings', (SELECT row_to_json(s) FROM flex_sync_private.effective_settings() s WHERE s.base_url IS NOT NULL))::text
 FROM (SELECT coalesce(json_agg(DISTINCT lower(btrim(c.department)) ORDER BY lower(btrim(c.department))), '[]') AS departments,
-             coalesce(json_object_agg(lower(btrim(c.department)), c.flex_element_id), '{}') AS elements
+             coalesce(json_object_agg(lower(btrim(c.department)), c.flex_element_id)
+                      FILTER (WHERE c.flex_element_id IS NOT NULL), '{}') AS elements
       FROM public.flex_crew_calls c WHERE c.job_id = $1::uuid) crew_calls
