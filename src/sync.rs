@@ -107,7 +107,7 @@ pub fn plan_job(job: Option<String>, departments: Option<Vec<Option<String>>>, w
         let entry = match load(&call.client, &call.job, department, false)? {
             None => Report::skipped(Skip::NoCrewCall).summary(Measured::default()),
             Some(crew) => {
-                let listing = listing_of(&call.client, &crew.input, None, wait);
+                let listing = list(&call.client, &crew.input, wait);
                 protocol::preview(&crew.input, listing)
             }
         };
@@ -136,10 +136,9 @@ fn answers_to(client: &FlexClient, requests: Vec<protocol::Request>, in_flight: 
     }
 }
 
-/// The answer to the crew call's one listing (the client answers every request, a lost one too).
-fn listing_of(client: &FlexClient, input: &protocol::CrewInput, in_flight: Option<InFlight>, wait: &dyn Fn()) -> protocol::Outcome {
-    let request = protocol::listing_request(&input.flex_element_id);
-    answers_to(client, vec![request], in_flight, wait).remove(0).outcome
+/// The answer to the crew call's one listing (send_all answers every request, a lost one too).
+fn list(client: &FlexClient, input: &protocol::CrewInput, wait: &dyn Fn()) -> protocol::Outcome {
+    client.send_all(vec![protocol::listing_request(&input.flex_element_id)], wait).remove(0).outcome
 }
 
 /// The crew call as the protocol takes it, with the options the client runs with.
@@ -186,7 +185,7 @@ pub fn drift_check(max_crew_calls: Option<i32>, wait: &dyn Fn()) -> Result<Value
         let Some(crew) = load(&client, &candidate.job_id, &candidate.department, false)? else {
             continue;
         };
-        let result = match protocol::drift(&crew.input, listing_of(&client, &crew.input, None, wait)) {
+        let result = match protocol::drift(&crew.input, list(&client, &crew.input, wait)) {
             Err(ErrorCode::CallBudget | ErrorCode::Deadline | ErrorCode::RateLimited) => {
                 stopped = true;
                 unchecked += 1;
